@@ -1,0 +1,105 @@
+// The state shared by every coroutine of one asyncio-style Task, and the promise half that all
+// task<T> coroutines have in common. Private to ringio.
+#pragma once
+
+#include <coroutine>
+#include <cstdint>
+#include <exception>
+
+#include "ringio/detail/frame_cache.hpp"
+#include "ringio/detail/intrusive_list.hpp"
+
+namespace ringio {
+class event_loop;
+}
+
+namespace ringio::detail {
+
+class task_base;
+
+/// Where a Task is parked. cancel() calls on_cancel once; the suspension point then wakes the
+/// task (sleep, queue get: at once) or asks the kernel to cancel (I/O: the task wakes when the
+/// operation's own completion arrives). The wake-up clears task_base::suspended_at.
+struct suspend_point {
+    void (*on_cancel)(suspend_point*) noexcept = nullptr;
+};
+
+/// Somebody waiting for a Task to finish (an awaiter of its handle, gather, a task_group).
+struct done_waiter : list_node {
+    void (*notify)(done_waiter*) noexcept = nullptr;
+};
+
+struct promise_base {
+    std::coroutine_handle<> continuation;  // the awaiting coroutine of the same Task
+    task_base* root = nullptr;             // set when this coroutine is the body of a Task
+    std::exception_ptr exception;
+    bool cancelled = false;  // exception holds a cancelled_error
+
+    static void* operator new(std::size_t n) { return frame_alloc(n); }
+    static void operator delete(void* p, std::size_t n) noexcept { frame_free(p, n); }
+
+    std::suspend_always initial_suspend() noexcept { return {}; }
+    void unhandled_exception() noexcept;
+};
+
+/// One Task: a chain of coroutines that runs as a unit, is cancelled as a unit and is what the
+/// loop schedules. Reference counted: the loop holds a reference until the Task finishes, every
+/// task_handle holds one. Single-threaded: only the owning loop's thread touches it.
+class task_base : public list_node /* node in the loop's list of live tasks */ {
+public:
+    enum class status : std::uint8_t { pending, done, failed, cancelled };
+
+    /// Creates the Task for coroutine `body` (its promise must derive from promise_base).
+    static task_base* make(event_loop* loop, std::coroutine_handle<> body, promise_base* promise);
+
+    /// asyncio Task.cancel(): false when the task is finished or a cancellation is already on its
+    /// way, true otherwise.
+    bool cancel() noexcept;
+
+    /// True while a cancel() has not yet been raised as cancelled_error in the task.
+    [[nodiscard]] bool cancel_requested() const noexcept { return cancel_requested_; }
+    /// Consumes the pending cancellation; the caller raises cancelled_error.
+    bool take_cancel() noexcept {
+        bool r = cancel_requested_;
+        cancel_requested_ = false;
+        return r;
+    }
+
+    [[nodiscard]] bool done() const noexcept { return status_ != status::pending; }
+    [[nodiscard]] status state() const noexcept { return status_; }
+    [[nodiscard]] promise_base& promise() const noexcept { return *promise_; }
+    [[nodiscard]] std::coroutine_handle<> body() const noexcept { return body_; }
+    [[nodiscard]] event_loop* loop() const noexcept { return loop_; }
+
+    void add_done_waiter(done_waiter* w) noexcept { waiters_.push_back(w); }
+    static void remove_done_waiter(done_waiter* w) noexcept {
+        if (w->linked()) intrusive_list<done_waiter>::erase(w);
+    }
+
+    void mark_retrieved() noexcept { retrieved_ = true; }
+    void add_ref() noexcept { ++refs_; }
+    void release() noexcept;
+
+    // Called by the loop and the promise.
+    void finish() noexcept;          // the body returned or threw
+    void finish_unstarted() noexcept;  // cancelled before it ever ran
+    bool started = false;
+    bool shutdown_cancelled = false;  // cancelled once by the loop's shutdown
+    suspend_point* suspended_at = nullptr;
+
+private:
+    task_base(event_loop* loop, std::coroutine_handle<> body, promise_base* p) noexcept
+        : loop_(loop), body_(body), promise_(p) {}
+    ~task_base();
+
+    event_loop* loop_;
+    std::coroutine_handle<> body_;
+    promise_base* promise_;
+    intrusive_list<done_waiter> waiters_;
+    std::uint32_t refs_ = 1;
+    status status_ = status::pending;
+    bool cancel_requested_ = false;
+    bool retrieved_ = false;
+};
+
+}  // namespace ringio::detail

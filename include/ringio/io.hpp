@@ -1,0 +1,160 @@
+// Low-level io_uring operations as awaitables (the ring's counterpart of loop.sock_* and
+// os.read). Each returns an io_result carrying the raw kernel result; the stream and socket
+// layers turn failures into exceptions.
+//
+//   ringio::io_result r = co_await ringio::io::read(fd, std::as_writable_bytes(std::span(buf)));
+//   if (!r) throw std::system_error(r.error(), "read");
+#pragma once
+
+#include <liburing.h>
+
+#include <cerrno>
+#include <chrono>
+#include <coroutine>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <system_error>
+#include <utility>
+
+#include "ringio/errors.hpp"
+#include "ringio/event_loop.hpp"
+
+namespace ringio {
+
+/// A completion: res >= 0 is the operation's value (bytes, fd, ...), res < 0 is -errno.
+struct io_result {
+    int res = 0;
+    std::uint32_t flags = 0;  // the CQE's flags (IORING_CQE_F_*)
+
+    explicit operator bool() const noexcept { return res >= 0; }
+    [[nodiscard]] std::size_t value() const noexcept { return static_cast<std::size_t>(res); }
+    [[nodiscard]] std::error_code error() const noexcept {
+        return res < 0 ? std::error_code(-res, std::system_category()) : std::error_code();
+    }
+};
+
+namespace detail {
+
+/// The awaiter behind every single-shot operation. `Prep` fills the SQE; it is stored here
+/// because the SQE may be taken later than the co_await (when the CQ is full).
+///
+/// Cancel safety: cancelling the task submits IORING_OP_ASYNC_CANCEL and the task resumes only
+/// after the operation's own completion. If the kernel finished the operation before the cancel
+/// took effect, its result is returned (no data is lost) and the cancellation stays pending
+/// for the task's next suspension point; otherwise cancelled_error is thrown.
+template <class Prep>
+class io_awaiter : io_request, suspend_point {
+public:
+    explicit io_awaiter(Prep fill, bool cancellable = true) noexcept(std::is_nothrow_move_constructible_v<Prep>)
+        : prep_fn_(std::move(fill)), cancellable_(cancellable) {}
+    io_awaiter(const io_awaiter&) = delete;
+    io_awaiter& operator=(const io_awaiter&) = delete;
+
+    bool await_ready() const noexcept { return false; }
+
+    bool await_suspend(std::coroutine_handle<> h) {
+        loop_ = &event_loop::running();
+        task_ = loop_->current_task();
+        if (task_->take_cancel()) {
+            result_.res = -ECANCELED;
+            cancelled_ = true;
+            return false;
+        }
+        h_ = h;
+        io_request::prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
+            static_cast<io_awaiter*>(r)->prep_fn_(sqe);
+        };
+        io_request::complete = [](io_request* r, int res, std::uint32_t flags) noexcept {
+            auto* self = static_cast<io_awaiter*>(r);
+            self->result_ = io_result{res, flags};
+            self->loop_->wake(self->task_, self->h_);
+        };
+        on_cancel = [](suspend_point* sp) noexcept {
+            auto* self = static_cast<io_awaiter*>(sp);
+            self->cancel_sent_ = true;
+            self->loop_->cancel_io(self);
+        };
+        loop_->submit(this);
+        if (cancellable_) task_->suspended_at = this;
+        return true;
+    }
+
+    io_result await_resume() {
+        if (cancelled_) throw cancelled_error();
+        if (result_.res == -ECANCELED && cancel_sent_ && task_->take_cancel()) throw cancelled_error();
+        return result_;
+    }
+
+private:
+    Prep prep_fn_;
+    event_loop* loop_ = nullptr;
+    task_base* task_ = nullptr;
+    std::coroutine_handle<> h_;
+    io_result result_;
+    bool cancellable_;
+    bool cancelled_ = false;
+    bool cancel_sent_ = false;
+};
+
+}  // namespace detail
+
+/// An awaitable operation from any SQE-filling function: prep(io_uring_sqe*). The function
+/// and whatever it points to must stay valid until the co_await finishes.
+///
+///   co_await ringio::io::make([&](io_uring_sqe* s) { io_uring_prep_fsync(s, fd, 0); });
+namespace io {
+
+template <class Prep>
+[[nodiscard]] detail::io_awaiter<Prep> make(Prep prep) {
+    return detail::io_awaiter<Prep>(std::move(prep));
+}
+
+/// Does nothing in the kernel; completes with 0. Useful to measure the ring itself.
+[[nodiscard]] inline auto nop() {
+    return make([](io_uring_sqe* s) noexcept { io_uring_prep_nop(s); });
+}
+
+/// read(2) at the file's position (offset -1), through the ring.
+[[nodiscard]] inline auto read(int fd, std::span<std::byte> buf) {
+    return make([fd, buf](io_uring_sqe* s) noexcept {
+        io_uring_prep_read(s, fd, buf.data(), static_cast<unsigned>(buf.size()), static_cast<std::uint64_t>(-1));
+    });
+}
+
+/// write(2) at the file's position; may write fewer bytes than given.
+[[nodiscard]] inline auto write(int fd, std::span<const std::byte> buf) {
+    return make([fd, buf](io_uring_sqe* s) noexcept {
+        io_uring_prep_write(s, fd, buf.data(), static_cast<unsigned>(buf.size()), static_cast<std::uint64_t>(-1));
+    });
+}
+
+/// Waits until fd is ready for `events` (POLLIN, POLLOUT, ...); completes with the revents.
+[[nodiscard]] inline auto poll(int fd, unsigned events) {
+    return make([fd, events](io_uring_sqe* s) noexcept { io_uring_prep_poll_add(s, fd, events); });
+}
+
+/// close(2) through the ring. Not a cancellation point: the fd is always closed, and a
+/// cancellation that arrives meanwhile is raised at the task's next suspension point.
+[[nodiscard]] inline auto close(int fd) {
+    return detail::io_awaiter([fd](io_uring_sqe* s) noexcept { io_uring_prep_close(s, fd); }, false);
+}
+
+/// A kernel timeout (IORING_OP_TIMEOUT): completes with -ETIME after `d`. sleep() is cheaper
+/// (a userspace timer); this one exists to exercise and measure the ring.
+class kernel_timeout {
+public:
+    explicit kernel_timeout(std::chrono::nanoseconds d) noexcept {
+        ts_.tv_sec = d.count() / 1'000'000'000;
+        ts_.tv_nsec = d.count() % 1'000'000'000;
+    }
+    auto operator co_await() noexcept {
+        return make([this](io_uring_sqe* s) noexcept { io_uring_prep_timeout(s, &ts_, 0, 0); });
+    }
+
+private:
+    __kernel_timespec ts_{};
+};
+
+}  // namespace io
+}  // namespace ringio

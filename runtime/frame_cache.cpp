@@ -1,0 +1,86 @@
+#include "ringio/detail/frame_cache.hpp"
+
+#include <array>
+#include <new>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define RINGIO_NO_FRAME_CACHE 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define RINGIO_NO_FRAME_CACHE 1
+#endif
+#endif
+
+namespace ringio::detail {
+namespace {
+
+// Size classes of 64 bytes up to 2 KiB cover the frames of ordinary coroutines; bigger frames
+// go straight to operator new. Each class keeps at most max_cached blocks so that a burst of a
+// million tasks does not pin its memory forever.
+constexpr std::size_t granule = 64;
+constexpr std::size_t classes = 32;
+constexpr std::size_t max_cached = 4096;
+
+struct free_block {
+    free_block* next;
+};
+
+struct cache {
+    std::array<free_block*, classes> heads{};
+    std::array<std::size_t, classes> counts{};
+
+    ~cache() {
+        for (auto* head : heads) {
+            while (head) {
+                free_block* next = head->next;
+                ::operator delete(head);
+                head = next;
+            }
+        }
+    }
+};
+
+thread_local cache tls_cache;
+
+constexpr std::size_t class_of(std::size_t n) noexcept { return (n + granule - 1) / granule - 1; }
+
+}  // namespace
+
+void* frame_alloc(std::size_t n) {
+#ifdef RINGIO_NO_FRAME_CACHE
+    // Under ASan every frame goes back to the allocator so that use-after-free is caught.
+    return ::operator new(n);
+#endif
+    std::size_t c = class_of(n);
+    if (c >= classes) return ::operator new(n);
+    cache& k = tls_cache;
+    if (free_block* b = k.heads[c]) {
+        k.heads[c] = b->next;
+        --k.counts[c];
+        return b;
+    }
+    return ::operator new((c + 1) * granule);
+}
+
+void frame_free(void* p, std::size_t n) noexcept {
+#ifdef RINGIO_NO_FRAME_CACHE
+    ::operator delete(p, n);
+    return;
+#endif
+    std::size_t c = class_of(n);
+    if (c >= classes) {
+        ::operator delete(p);
+        return;
+    }
+    cache& k = tls_cache;
+    if (k.counts[c] >= max_cached) {
+        ::operator delete(p);
+        return;
+    }
+    auto* b = static_cast<free_block*>(p);
+    b->next = k.heads[c];
+    k.heads[c] = b;
+    ++k.counts[c];
+}
+
+}  // namespace ringio::detail

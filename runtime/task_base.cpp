@@ -1,0 +1,63 @@
+#include "ringio/detail/task_base.hpp"
+
+#include <new>
+
+#include "ringio/errors.hpp"
+#include "ringio/event_loop.hpp"
+#include "ringio/log.hpp"
+
+namespace ringio::detail {
+
+void promise_base::unhandled_exception() noexcept {
+    exception = std::current_exception();
+    try {
+        throw;
+    } catch (const cancelled_error&) {
+        cancelled = true;
+    } catch (...) {
+    }
+}
+
+task_base* task_base::make(event_loop* loop, std::coroutine_handle<> body, promise_base* p) {
+    void* mem = frame_alloc(sizeof(task_base));
+    auto* t = ::new (mem) task_base(loop, body, p);
+    p->root = t;
+    return t;
+}
+
+task_base::~task_base() {
+    if (status_ == status::failed && !retrieved_)
+        log(log_level::error, "task exception was never retrieved: {}", describe(promise_->exception));
+    if (body_) body_.destroy();
+}
+
+void task_base::release() noexcept {
+    if (--refs_ != 0) return;
+    this->~task_base();
+    frame_free(this, sizeof(task_base));
+}
+
+bool task_base::cancel() noexcept {
+    if (done() || cancel_requested_) return false;
+    cancel_requested_ = true;
+    if (suspend_point* sp = suspended_at) sp->on_cancel(sp);
+    return true;
+}
+
+void task_base::finish() noexcept {
+    promise_base& p = *promise_;
+    status_ = p.cancelled ? status::cancelled : p.exception ? status::failed : status::done;
+    cancel_requested_ = false;
+    intrusive_list<task_base>::erase(this);
+    loop_->task_finished();
+    while (done_waiter* w = waiters_.pop_front()) w->notify(w);
+    release();  // the loop's reference
+}
+
+void task_base::finish_unstarted() noexcept {
+    promise_->exception = std::make_exception_ptr(cancelled_error{});
+    promise_->cancelled = true;
+    finish();
+}
+
+}  // namespace ringio::detail
