@@ -48,8 +48,6 @@ class io_awaiter : io_request, suspend_point {
 public:
     explicit io_awaiter(Prep fill, bool cancellable = true) noexcept(std::is_nothrow_move_constructible_v<Prep>)
         : prep_fn_(std::move(fill)), cancellable_(cancellable) {}
-    io_awaiter(const io_awaiter&) = delete;
-    io_awaiter& operator=(const io_awaiter&) = delete;
 
     bool await_ready() const noexcept { return false; }
 

@@ -18,8 +18,6 @@ public:
     explicit sleep_awaiter(clock::time_point when, bool yield) noexcept : yield_(yield) {
         timer_node::deadline = when;
     }
-    sleep_awaiter(const sleep_awaiter&) = delete;
-    sleep_awaiter& operator=(const sleep_awaiter&) = delete;
 
     bool await_ready() const noexcept { return false; }
     bool await_suspend(std::coroutine_handle<> h) {

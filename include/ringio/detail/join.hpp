@@ -1,0 +1,121 @@
+// Waiting for several Tasks at once: the machinery under gather() and gather_settled().
+#pragma once
+
+#include <coroutine>
+#include <memory>
+#include <span>
+
+#include "ringio/errors.hpp"
+#include "ringio/event_loop.hpp"
+
+namespace ringio::detail {
+
+/// Waits until every task in `tasks` has finished. With fail_fast, the first task that ends
+/// other than successfully (while the join is not already cancelling) makes the join cancel
+/// the others; it still waits for all of them, so nothing outlives the join.
+///
+/// Cancelling the awaiting task cancels every child and waits for them all. await_resume then
+/// returns the first failed child (or nullptr); it throws cancelled_error only when the awaiter
+/// was cancelled and some child ended cancelled, i.e. when the results are incomplete.
+class join_awaiter : suspend_point {
+public:
+    join_awaiter(std::span<task_base* const> tasks, bool fail_fast) : tasks_(tasks), fail_fast_(fail_fast) {}
+    join_awaiter(const join_awaiter&) = delete;
+    join_awaiter& operator=(const join_awaiter&) = delete;
+
+    bool await_ready() noexcept {
+        for (task_base* t : tasks_)
+            if (!t->done()) return false;
+        return true;
+    }
+
+    bool await_suspend(std::coroutine_handle<> h) {
+        loop_ = &event_loop::running();
+        self_ = loop_->current_task();
+        h_ = h;
+        if (self_->cancel_requested()) own_cancel();  // still waits: the children must finish first
+        waiters_ = std::make_unique<child_waiter[]>(tasks_.size());
+        for (std::size_t i = 0; i < tasks_.size(); ++i) {
+            task_base* t = tasks_[i];
+            if (t->done()) {
+                note_done(t);
+                continue;
+            }
+            ++remaining_;
+            waiters_[i].join = this;
+            waiters_[i].task = t;
+            waiters_[i].notify = [](done_waiter* w) noexcept {
+                auto* cw = static_cast<child_waiter*>(w);
+                cw->join->child_done(cw->task);
+            };
+            t->add_done_waiter(&waiters_[i]);
+        }
+        if (remaining_ == 0) return false;
+        on_cancel = [](suspend_point* sp) noexcept {
+            auto* self = static_cast<join_awaiter*>(sp);
+            self_cancel_seen(self);
+        };
+        self_->suspended_at = this;
+        return true;
+    }
+
+    task_base* await_resume() {
+        if (!first_failed_) {
+            for (task_base* t : tasks_) note_done(t);  // await_ready path: nothing noted yet
+        }
+        bool incomplete = false;
+        for (task_base* t : tasks_) {
+            t->mark_retrieved();
+            if (t->state() == task_base::status::cancelled) incomplete = true;
+        }
+        if (cancelled_by_us_ && incomplete && !first_failed_) {
+            if (self_) self_->take_cancel();
+            throw cancelled_error();
+        }
+        return first_failed_;
+    }
+
+private:
+    struct child_waiter : done_waiter {
+        join_awaiter* join = nullptr;
+        task_base* task = nullptr;
+    };
+
+    static void self_cancel_seen(join_awaiter* self) noexcept { self->own_cancel(); }
+
+    void own_cancel() noexcept {
+        cancelled_by_us_ = true;
+        cancel_children();
+    }
+
+    void cancel_children() noexcept {
+        cancelling_ = true;
+        for (task_base* t : tasks_) t->cancel();
+    }
+
+    void note_done(task_base* t) noexcept {
+        if (first_failed_ || cancelling_) return;
+        if (t->state() == task_base::status::failed || t->state() == task_base::status::cancelled) {
+            first_failed_ = t;
+            if (fail_fast_) cancel_children();
+        }
+    }
+
+    void child_done(task_base* t) noexcept {
+        note_done(t);
+        if (--remaining_ == 0) loop_->wake(self_, h_);
+    }
+
+    std::span<task_base* const> tasks_;
+    bool fail_fast_;
+    event_loop* loop_ = nullptr;
+    task_base* self_ = nullptr;
+    std::coroutine_handle<> h_;
+    std::unique_ptr<child_waiter[]> waiters_;
+    std::size_t remaining_ = 0;
+    task_base* first_failed_ = nullptr;
+    bool cancelling_ = false;
+    bool cancelled_by_us_ = false;
+};
+
+}  // namespace ringio::detail
