@@ -62,6 +62,8 @@ event_loop::~event_loop() {
 
 event_loop* event_loop::current() noexcept { return tls_loop; }
 
+void detail::defer_resume(std::coroutine_handle<> h) noexcept { tls_loop->inline_next_ = h; }
+
 event_loop& event_loop::running() {
     if (!tls_loop) throw invalid_state_error("ringio: no event loop in this thread (call this inside ringio::run)");
     return *tls_loop;
@@ -246,6 +248,7 @@ void event_loop::run_ready() {
             }
         }
         e.h.resume();
+        while (inline_next_) std::exchange(inline_next_, {}).resume();
     }
     current_ = nullptr;
 }

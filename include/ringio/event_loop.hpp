@@ -129,6 +129,7 @@ public:
 
 private:
     friend class detail::task_base;
+    friend void detail::defer_resume(std::coroutine_handle<>) noexcept;
     void task_finished() noexcept { --live_count_; }
 
     struct ready_entry {
@@ -161,6 +162,7 @@ private:
     std::size_t inflight_ = 0;
     std::size_t max_inflight_ = 0;
     detail::task_base* current_ = nullptr;
+    std::coroutine_handle<> inline_next_;  // see detail::tail_call_transfer
     detail::task_base* root_ = nullptr;  // run_until's goal; null while shutting down
     detail::clock::time_point now_;
     bool stopping_ = false;

@@ -22,12 +22,35 @@ class task;
 
 namespace detail {
 
+// TRICKY: symmetric transfer keeps a million sequential or nested awaits off the native stack
+// only if the compiler turns the transfer into a tail call. Clang always does; GCC only when
+// optimizing. Elsewhere the transfer goes through the loop instead: the handle is parked in
+// the loop's inline slot and resumed as soon as the current resume() returns (same Task, same
+// pass, no growth of the stack).
+#if defined(__clang__) || (defined(__OPTIMIZE__) && !defined(__SANITIZE_ADDRESS__))
+inline constexpr bool tail_call_transfer = true;
+#else
+inline constexpr bool tail_call_transfer = false;
+#endif
+
+/// Parks `h` in the running loop's inline slot (see tail_call_transfer).
+void defer_resume(std::coroutine_handle<> h) noexcept;
+
+inline std::coroutine_handle<> transfer_to(std::coroutine_handle<> h) noexcept {
+    if constexpr (tail_call_transfer) {
+        return h;
+    } else {
+        defer_resume(h);
+        return std::noop_coroutine();
+    }
+}
+
 struct final_awaiter {
     bool await_ready() const noexcept { return false; }
     template <class Promise>
     std::coroutine_handle<> await_suspend(std::coroutine_handle<Promise> h) noexcept {
         promise_base& p = h.promise();
-        if (p.continuation) return p.continuation;  // TRICKY: symmetric transfer, no stack growth
+        if (p.continuation) return transfer_to(p.continuation);
         if (p.root) p.root->finish();              // may destroy this frame; touch nothing after
         return std::noop_coroutine();
     }
@@ -132,7 +155,7 @@ private:
         bool await_ready() const noexcept { return !h || h.done(); }
         std::coroutine_handle<> await_suspend(std::coroutine_handle<> caller) noexcept {
             h.promise().continuation = caller;
-            return h;
+            return detail::transfer_to(h);
         }
         decltype(auto) await_resume() {
             assert(h && "co_await on an empty ringio::task");
