@@ -18,11 +18,10 @@ struct fd_closer {
 };
 }  // namespace
 
-task<int> wait_signal(std::initializer_list<int> signals) {
-    if (signals.size() == 0) throw std::invalid_argument("ringio: wait_signal needs at least one signal");
+task<int> wait_signal(signal_set signals) {
     sigset_t set;
     sigemptyset(&set);
-    for (int s : signals)
+    for (int s : signals.signals())
         if (sigaddset(&set, s) != 0) throw std::invalid_argument("ringio: wait_signal: invalid signal number");
     event_loop& loop = event_loop::running();
     loop.block_signals(&set);

@@ -35,13 +35,12 @@ public:
         else
             head_ = job;
         tail_ = job;
-        if (idle_ > 0) {
-            lock.unlock();
-            cv_.notify_one();
-        } else if (threads_.size() < max_threads_) {
-            start_thread();
-        }
-        // else: a busy worker picks it up when it finishes its job
+        ++queued_;
+        // Each idle worker will take one job; start another thread only for jobs beyond that
+        // (else a busy worker picks the job up when it finishes its current one).
+        if (queued_ > idle_ && threads_.size() < max_threads_) start_thread();
+        lock.unlock();
+        cv_.notify_one();
     }
 
     std::size_t threads() {
@@ -69,6 +68,7 @@ private:
             }
             if (!head_) return;  // stopping and nothing left
             pool_job* job = head_;
+            --queued_;
             head_ = job->next;
             if (!head_) tail_ = nullptr;
             lock.unlock();
@@ -83,6 +83,7 @@ private:
     pool_job* tail_ = nullptr;
     std::vector<std::thread> threads_;
     std::size_t idle_ = 0;
+    std::size_t queued_ = 0;
     const std::size_t max_threads_;
     bool stop_ = false;
 };
