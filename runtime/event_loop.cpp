@@ -5,6 +5,7 @@
 
 #include <csignal>
 #include <cstring>
+#include <thread>
 
 #include "ring.hpp"
 #include "ringio/log.hpp"
@@ -48,6 +49,7 @@ event_loop::~event_loop() {
         cancel_io(&wake_req_);
         while (inflight_ > 0) wait_for_completions(true);
     }
+    while (posters_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
     // Callbacks posted after the loop stopped are dropped (freed, not run).
     for (auto* item = inbox_.exchange(nullptr); item;) {
         auto* next = item->next;
@@ -142,15 +144,23 @@ void event_loop::reap() noexcept {
     io_uring_cq_advance(r, count);
 }
 
+bool event_loop::kernel_has_work() const noexcept {
+    io_uring* r = &ring_->raw;
+    if (!features_.taskrun_flag || io_uring_sq_ready(r) > 0) return true;
+    unsigned flags = IO_URING_READ_ONCE(*r->sq.kflags);
+    return flags & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW);
+}
+
 void event_loop::wait_for_completions(bool block) {
     io_uring* r = &ring_->raw;
-    int rc;
+    int rc = 0;
     if (!block) {
-        rc = io_uring_submit_and_get_events(r);
+        // A busy pass with nothing to submit and no completion work pending costs no syscall.
+        if (kernel_has_work()) rc = io_uring_submit_and_get_events(r);
     } else if (!timers_.empty()) {
         auto wait = timers_.top()->deadline - detail::clock::now();
         if (wait <= detail::clock::duration::zero()) {
-            rc = io_uring_submit_and_get_events(r);
+            if (kernel_has_work()) rc = io_uring_submit_and_get_events(r);
         } else {
             auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(wait).count();
             __kernel_timespec ts{};
@@ -178,6 +188,10 @@ void event_loop::fire_timers() noexcept {
 }
 
 void event_loop::post(detail::remote_item* item) noexcept {
+    // TRICKY: once the item is published the loop may run it, finish and start destroying
+    // itself while this thread still has the eventfd write to do; the destructor waits for
+    // posters_ to drop to zero before closing the fd and freeing the loop.
+    posters_.fetch_add(1, std::memory_order_acquire);
     detail::remote_item* head = inbox_.load(std::memory_order_relaxed);
     do {
         item->next = head;
@@ -187,6 +201,7 @@ void event_loop::post(detail::remote_item* item) noexcept {
         std::uint64_t one = 1;
         [[maybe_unused]] auto n = ::write(wake_fd_, &one, sizeof one);
     }
+    posters_.fetch_sub(1, std::memory_order_release);
 }
 
 void event_loop::drain_inbox() {

@@ -15,10 +15,12 @@ namespace {
 // Preferred first. DEFER_TASKRUN (6.1) runs completion work only when the loop asks for events,
 // which suits a loop that already batches; it needs SINGLE_ISSUER (6.0). COOP_TASKRUN (5.19)
 // avoids interrupting the thread for task work. Older kernels reject unknown flags with EINVAL.
+// TASKRUN_FLAG makes the kernel raise IORING_SQ_TASKRUN when completion work is waiting, so
+// a pass with nothing to submit can skip io_uring_enter entirely.
 constexpr unsigned flag_sets[] = {
-    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
-    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN,
-    IORING_SETUP_COOP_TASKRUN,
+    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
+    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
+    IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
     0,
 };
 
@@ -82,6 +84,7 @@ ring::ring(const loop_options& options, ring_features& f) {
             f.single_issuer = flags & IORING_SETUP_SINGLE_ISSUER;
             f.defer_taskrun = flags & IORING_SETUP_DEFER_TASKRUN;
             f.coop_taskrun = flags & IORING_SETUP_COOP_TASKRUN;
+            f.taskrun_flag = flags & IORING_SETUP_TASKRUN_FLAG;
             f.ext_arg = p.features & IORING_FEAT_EXT_ARG;
             f.nodrop = p.features & IORING_FEAT_NODROP;
             f.sq_entries = p.sq_entries;

@@ -50,6 +50,7 @@ struct ring_features {
     bool single_issuer = false;
     bool defer_taskrun = false;
     bool coop_taskrun = false;
+    bool taskrun_flag = false;     // the kernel flags pending completion work in the SQ ring
     bool ext_arg = false;          // wait with a timeout without spending an SQE
     bool nodrop = false;           // the kernel keeps completions that overflow the CQ
     bool multishot_accept = false;
@@ -143,6 +144,7 @@ private:
     [[nodiscard]] bool finished() const noexcept;
     void run_ready();
     void wait_for_completions(bool block);
+    [[nodiscard]] bool kernel_has_work() const noexcept;
     void reap() noexcept;
     void flush_overflow();
     void fire_timers() noexcept;
@@ -181,6 +183,7 @@ private:
 
     // Touched by any thread.
     std::atomic<detail::remote_item*> inbox_{nullptr};
+    std::atomic<int> posters_{0};  // threads inside post()
 };
 
 /// Runs `main` on a new event loop in this thread (asyncio.run). Returns its value or rethrows.
