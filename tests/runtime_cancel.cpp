@@ -362,3 +362,26 @@ TEST_CASE("run() cancels leftover tasks and waits for their kernel operations") 
     CHECK(counted::live == 0);
     CHECK(test::open_fds() == fds);
 }
+
+TEST_CASE("io::close is not a cancellation point: the fd is closed even with a cancel pending") {
+    std::size_t fds = test::open_fds();
+    int fd = ::dup(0);
+    REQUIRE(fd >= 0);
+    CHECK(test::open_fds() == fds + 1);
+    ringio::run([](int f) -> ringio::task<> {
+        ringio::event go;
+        int closed = -1;
+        auto h = ringio::create_task([](ringio::event& g, int f2, int& res) -> ringio::task<> {
+            co_await g.wait();  // woken, then cancelled before it runs: the cancel is pending
+            ringio::io_result r = co_await ringio::io::close(f2);
+            res = r.res;
+            co_await ringio::yield_now();  // the pending cancellation is raised here
+        }(go, f, closed));
+        co_await ringio::yield_now();
+        go.set();
+        h.cancel();
+        CHECK_THROWS_AS(co_await h, ringio::cancelled_error);
+        CHECK(closed == 0);
+    }(fd));
+    CHECK(test::open_fds() == fds);
+}

@@ -36,6 +36,18 @@ struct io_result {
 
 namespace detail {
 
+/// Counts the operations in flight on one file descriptor, so that its owner closes it only
+/// after the last completion (no fd-number reuse race) and can wait for that moment.
+struct op_tracker {
+    std::uint32_t inflight = 0;
+    void (*on_idle)(op_tracker*) noexcept = nullptr;  // called when inflight drops to 0
+
+    void begin() noexcept { ++inflight; }
+    void end() noexcept {
+        if (--inflight == 0 && on_idle) on_idle(this);
+    }
+};
+
 /// The awaiter behind every single-shot operation. `Prep` fills the SQE; it is stored here
 /// because the SQE may be taken later than the co_await (when the CQ is full).
 ///
@@ -46,15 +58,16 @@ namespace detail {
 template <class Prep>
 class io_awaiter : io_request, suspend_point {
 public:
-    explicit io_awaiter(Prep fill, bool cancellable = true) noexcept(std::is_nothrow_move_constructible_v<Prep>)
-        : prep_fn_(std::move(fill)), cancellable_(cancellable) {}
+    explicit io_awaiter(Prep fill, bool cancellable = true, op_tracker* tracker = nullptr) noexcept(
+        std::is_nothrow_move_constructible_v<Prep>)
+        : prep_fn_(std::move(fill)), tracker_(tracker), cancellable_(cancellable) {}
 
     bool await_ready() const noexcept { return false; }
 
     bool await_suspend(std::coroutine_handle<> h) {
         loop_ = &event_loop::running();
         task_ = loop_->current_task();
-        if (task_->take_cancel()) {
+        if (cancellable_ && task_->take_cancel()) {
             result_.res = -ECANCELED;
             cancelled_ = true;
             return false;
@@ -67,12 +80,14 @@ public:
             auto* self = static_cast<io_awaiter*>(r);
             self->result_ = io_result{res, flags};
             self->loop_->wake(self->task_, self->h_);
+            if (self->tracker_) self->tracker_->end();
         };
         on_cancel = [](suspend_point* sp) noexcept {
             auto* self = static_cast<io_awaiter*>(sp);
             self->cancel_sent_ = true;
             self->loop_->cancel_io(self);
         };
+        if (tracker_) tracker_->begin();
         loop_->submit(this);
         if (cancellable_) task_->suspended_at = this;
         return true;
@@ -86,6 +101,7 @@ public:
 
 private:
     Prep prep_fn_;
+    op_tracker* tracker_;
     event_loop* loop_ = nullptr;
     task_base* task_ = nullptr;
     std::coroutine_handle<> h_;
