@@ -44,11 +44,13 @@ public:
     /// 4 meaningful bytes for IPv4 (the first 4), 16 for IPv6.
     [[nodiscard]] const std::array<std::uint8_t, 16>& bytes() const noexcept { return bytes_; }
     [[nodiscard]] std::uint32_t scope_id() const noexcept { return scope_id_; }
+    /// 127.0.0.0/8, ::1, and ::ffff:127.0.0.0/104 (IPv4-mapped loopback, as Python 3.13 does).
     [[nodiscard]] bool is_loopback() const noexcept;
     [[nodiscard]] bool is_unspecified() const noexcept;
     [[nodiscard]] bool is_multicast() const noexcept;
 
-    /// "127.0.0.1", "::1", "fe80::1%lo" (scope as the interface name when it has one).
+    /// "127.0.0.1", "::1", "fe80::1%lo" (scope as the interface name when it has one, else the
+    /// number). IPv6 is in inet_ntop's canonical form.
     [[nodiscard]] std::string to_string() const;
 
     friend auto operator<=>(const ip_address&, const ip_address&) = default;
@@ -69,15 +71,20 @@ public:
     endpoint(const ip_address& address, std::uint16_t port) noexcept;
 
     /// A Unix socket path. A leading '@' (or '\0') names a Linux abstract socket. Throws
-    /// std::invalid_argument if the path is empty or too long for sockaddr_un.
+    /// std::invalid_argument (naming the path) if the path is empty, too long for sockaddr_un
+    /// (a filesystem path needs room for its NUL: at most 107 bytes; "@name" at most 108), or a
+    /// filesystem path contains a NUL. size() is offsetof(sun_path) + length + 1 for a path, and
+    /// offsetof(sun_path) + 1 + name length for an abstract name (no trailing NUL).
     static endpoint unix_path(std::string_view path);
 
     /// Parses "127.0.0.1:80", "[::1]:80", "[fe80::1%lo]:80"; a text starting with '/' or '@' as a
-    /// Unix path. Returns nullopt for anything else (no name lookup).
+    /// Unix path. The port is decimal, 0..65535; IPv6 needs the brackets. Returns nullopt for
+    /// anything else (no name lookup), including a Unix path unix_path() would reject.
     static std::optional<endpoint> parse(std::string_view text);
 
     /// From a kernel sockaddr (accept, recvmsg, getsockname). Throws std::invalid_argument for a
-    /// family other than AF_INET, AF_INET6 or AF_UNIX, or a length that does not fit.
+    /// family other than AF_INET, AF_INET6 or AF_UNIX, or a length that does not fit. An unnamed
+    /// Unix socket (len == sizeof(sa_family_t)) is accepted: path() is "".
     static endpoint from_sockaddr(const sockaddr* sa, socklen_t len);
 
     [[nodiscard]] int family() const noexcept { return storage_.ss_family; }
@@ -98,9 +105,11 @@ public:
     [[nodiscard]] static constexpr socklen_t capacity() noexcept { return sizeof(sockaddr_storage); }
     void resize(socklen_t len) noexcept { len_ = len; }
 
-    /// "127.0.0.1:8080", "[::1]:8080", "/path", "@name".
+    /// "127.0.0.1:8080", "[::1]:8080", "[fe80::1%lo]:80", "/path", "@name"; "<unnamed>" for an
+    /// unnamed Unix socket (an unbound client's address).
     [[nodiscard]] std::string to_string() const;
 
+    /// Same family and address and port (scope id included, flow info ignored), or the same path.
     friend bool operator==(const endpoint& a, const endpoint& b) noexcept;
 
 private:
@@ -109,6 +118,8 @@ private:
 };
 
 /// A name that could not be resolved (socket.gaierror). code() is the getaddrinfo EAI_* value.
+/// what() is "ringio: cannot resolve 'host': " + gai_strerror(code), or for EAI_SYSTEM the
+/// message of errno as it is when the constructor runs.
 class resolve_error : public std::runtime_error {
 public:
     resolve_error(std::string host, int code);
@@ -129,8 +140,10 @@ struct resolve_options {
 /// Resolves host and port to endpoints, in the order getaddrinfo prefers. A numeric address
 /// ("127.0.0.1", "::1", "[::1]") is parsed without leaving the loop; a name is looked up with
 /// getaddrinfo on the thread pool (to_thread), so the loop never blocks. An empty host means
-/// the loopback addresses, or with options.passive every interface (0.0.0.0 and ::).
-/// Throws resolve_error naming the host when nothing is found.
+/// the loopback addresses, or with options.passive every interface (0.0.0.0 and ::), IPv4
+/// first; options.family filters every case. Duplicates are dropped, the order kept.
+/// Throws resolve_error naming the host when nothing is found, for a literal of the other family
+/// than options.family (EAI_ADDRFAMILY), or for a family other than the three allowed (EAI_FAMILY).
 /// Cancel safety: safe (the lookup finishes on its thread; its result is dropped).
 task<std::vector<endpoint>> resolve(std::string host, std::uint16_t port, resolve_options options = {});
 

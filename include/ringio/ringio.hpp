@@ -10,6 +10,7 @@
 #include "ringio/task_handle.hpp"
 #include "ringio/time.hpp"
 #include "ringio/condition.hpp"
+#include "ringio/endpoint.hpp"
 #include "ringio/event.hpp"
 #include "ringio/gather.hpp"
 #include "ringio/mutex.hpp"
