@@ -121,6 +121,13 @@ void event_loop::cancel_io(detail::io_request* r) {
     ++inflight_;
 }
 
+void event_loop::cancel_fd(int fd) {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
+    io_uring_sqe_set_data64(sqe, ignored_udata);
+    ++inflight_;
+}
+
 void event_loop::flush_overflow() {
     while (inflight_ < max_inflight_ && !overflow_.empty()) push_sqe(overflow_.pop_front());
 }
@@ -274,6 +281,7 @@ void event_loop::run_pass() {
     run_ready();
     if (inbox_ready_) drain_inbox();
     arm_wakeup();
+    flush_overflow();  // including sends queued by this pass's writes
     // Block only when nothing is ready and the goal is not reached yet.
     wait_for_completions(ready_.empty() && !finished());
     now_ = detail::clock::now();

@@ -116,8 +116,13 @@ public:
     void spawn(detail::task_base* t);
     /// Submits an operation (or queues it until the CQ has room).
     void submit(detail::io_request* r);
+    /// Queues `r` to be submitted at the end of this pass (after the ready tasks ran), so that
+    /// its prep() sees everything they did; safe to call from a completion callback.
+    void submit_later(detail::io_request* r) { overflow_.push_back(r); }
     /// Asks the kernel to cancel `r`; `r` completes (often with -ECANCELED) later.
     void cancel_io(detail::io_request* r);
+    /// Asks the kernel to cancel every operation on `fd` (they complete with -ECANCELED).
+    void cancel_fd(int fd);
     void add_timer(detail::timer_node* n) { timers_.push(n); }
     void remove_timer(detail::timer_node* n) noexcept {
         if (n->armed()) timers_.erase(n);

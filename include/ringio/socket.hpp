@@ -1,0 +1,150 @@
+// socket: an owning BSD socket whose blocking calls are awaitables on the ring (Python's
+// socket module plus loop.sock_*). Errors are std::system_error naming the operation and the
+// peer, e.g. "connect to 127.0.0.1:9: Connection refused".
+//
+//   auto s = ringio::socket::create(AF_INET, SOCK_STREAM);
+//   co_await s.connect(*ringio::endpoint::parse("127.0.0.1:8080"));
+//   co_await s.send(std::as_bytes(std::span(msg)));
+#pragma once
+
+#include <sys/socket.h>
+
+#include <chrono>
+#include <cstddef>
+#include <optional>
+#include <span>
+#include <string>
+#include <utility>
+
+#include "ringio/endpoint.hpp"
+#include "ringio/io.hpp"
+#include "ringio/task.hpp"
+
+namespace ringio {
+
+namespace detail {
+
+/// The fd and its in-flight operations. Freed (and the fd closed) only when the owner is gone
+/// and the last operation has completed.
+struct socket_state : op_tracker {
+    int fd = -1;
+    event_loop* loop = nullptr;  // where operations were last submitted
+    bool orphaned = false;       // the owning socket is gone: close when idle
+    bool cancel_sent = false;
+    std::coroutine_handle<> idle_waiter;
+    task_base* idle_task = nullptr;
+    void (*idle_hook)(void*) noexcept = nullptr;  // called last when inflight drops to 0; may free *this
+    void* idle_ctx = nullptr;
+
+    /// Cancels every operation on the fd (IORING_ASYNC_CANCEL_FD where the kernel has it,
+    /// else shutdown(2), which ends blocked reads and writes just as well for sockets).
+    void cancel_all() noexcept;
+    /// Closes the fd now (no operation may be in flight).
+    void close_now() noexcept;
+    static void idle(op_tracker* t) noexcept;
+};
+
+}  // namespace detail
+
+/// An owning socket. Move-only. Destroying it closes the fd, after any operation still in
+/// flight has been cancelled and has completed, so the fd number is never reused under a live
+/// operation. Its awaitables must be used from the loop thread.
+class socket {
+public:
+    socket() noexcept = default;
+    /// Adopts `fd` (an open socket).
+    explicit socket(int fd);
+    socket(socket&& o) noexcept : st_(std::exchange(o.st_, nullptr)) {}
+    socket& operator=(socket&& o) noexcept {
+        if (this != &o) {
+            reset();
+            st_ = std::exchange(o.st_, nullptr);
+        }
+        return *this;
+    }
+    ~socket() { reset(); }
+
+    /// socket(2) with SOCK_CLOEXEC. Throws std::system_error.
+    static socket create(int family, int type, int protocol = 0);
+
+    [[nodiscard]] bool valid() const noexcept { return st_ != nullptr; }
+    explicit operator bool() const noexcept { return valid(); }
+    [[nodiscard]] int fd() const noexcept { return st_ ? st_->fd : -1; }
+    /// Operations in flight on this socket.
+    [[nodiscard]] std::size_t in_flight() const noexcept { return st_ ? st_->inflight : 0; }
+
+    // ---- options (throw std::system_error) ----
+    void set_reuse_address(bool on);
+    void set_reuse_port(bool on);
+    void set_nodelay(bool on);
+    void set_keepalive(bool on);
+    void set_recv_buffer_size(int bytes);
+    void set_send_buffer_size(int bytes);
+    /// SO_LINGER: nullopt = off; 0s = close resets the connection (RST).
+    void set_linger(std::optional<std::chrono::seconds> timeout);
+    void set_v6only(bool on);
+    void set_broadcast(bool on);
+    template <class T>
+    void set_option(int level, int name, const T& value) {
+        set_option_raw(level, name, &value, sizeof value);
+    }
+    template <class T>
+    [[nodiscard]] T get_option(int level, int name) const {
+        T value{};
+        get_option_raw(level, name, &value, sizeof value);
+        return value;
+    }
+    void set_option_raw(int level, int name, const void* value, socklen_t size);
+    void get_option_raw(int level, int name, void* value, socklen_t size) const;
+
+    // ---- setup (synchronous: they never block) ----
+    void bind(const endpoint& local);
+    void listen(int backlog = 100);
+    [[nodiscard]] endpoint local_endpoint() const;
+    /// The peer (getpeername); throws std::system_error(ENOTCONN) if not connected.
+    [[nodiscard]] endpoint remote_endpoint() const;
+
+    // ---- operations through the ring ----
+    // Cancel safety, all of them: cancelling the task cancels the kernel operation and waits
+    // for its completion; if it had already completed, the result is kept and the cancellation
+    // is raised at the next suspension point (see docs/runtime.md).
+
+    /// Connects. Throws std::system_error("connect to EP: ...").
+    task<> connect(endpoint remote);
+    /// Waits for a connection; returns it with the peer's address.
+    task<std::pair<socket, endpoint>> accept();
+    /// Receives up to buf.size() bytes; 0 means the peer closed (EOF).
+    task<std::size_t> recv(std::span<std::byte> buf, int flags = 0);
+    /// Sends every byte of buf (MSG_NOSIGNAL: a reset peer is an exception, never SIGPIPE).
+    task<> send(std::span<const std::byte> buf, int flags = 0);
+    /// One send(2) call; returns how many bytes the kernel took.
+    task<std::size_t> send_some(std::span<const std::byte> buf, int flags = 0);
+    /// recvmsg(2)/sendmsg(2); the msghdr and what it points to must outlive the call.
+    task<std::size_t> recvmsg(msghdr& msg, int flags = 0);
+    task<std::size_t> sendmsg(const msghdr& msg, int flags = 0);
+    /// shutdown(2): SHUT_RD, SHUT_WR or SHUT_RDWR.
+    task<> shutdown(int how);
+    /// Cancels what is in flight, waits for it, then closes the fd. Idempotent.
+    task<> close();
+
+    /// The raw awaitable for an operation on this socket, tracked so close() waits for it.
+    template <class Prep>
+    [[nodiscard]] detail::io_awaiter<Prep> op(Prep prep) {
+        return detail::io_awaiter<Prep>(std::move(prep), true, state());
+    }
+
+    /// Detaches and returns the fd; the caller must close it. Requires nothing in flight.
+    int release() noexcept;
+
+    /// The shared state (for the stream layer).
+    [[nodiscard]] detail::socket_state* state_ptr() const noexcept { return st_; }
+
+private:
+    detail::socket_state* state() const;
+    void reset() noexcept;
+    [[noreturn]] void fail(int err, const char* what) const;
+
+    detail::socket_state* st_ = nullptr;
+};
+
+}  // namespace ringio

@@ -1,0 +1,168 @@
+// stream_reader / stream_writer: asyncio streams over a connected socket (TCP or Unix).
+//
+//   auto [reader, writer] = co_await ringio::open_connection("127.0.0.1", 8888);
+//   writer.write("hello\n");
+//   co_await writer.drain();
+//   std::string line = co_await reader.read_line();
+//   writer.close();
+//   co_await writer.wait_closed();
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "ringio/endpoint.hpp"
+#include "ringio/socket.hpp"
+#include "ringio/task.hpp"
+
+namespace ringio {
+
+/// read_exactly() hit EOF first (asyncio.IncompleteReadError). partial() holds what was read
+/// (it is no longer in the stream); expected() is the size asked for (0 for read_until).
+class incomplete_read_error : public std::runtime_error {
+public:
+    incomplete_read_error(std::string partial, std::size_t expected);
+    [[nodiscard]] const std::string& partial() const noexcept { return partial_; }
+    [[nodiscard]] std::size_t expected() const noexcept { return expected_; }
+
+private:
+    std::string partial_;
+    std::size_t expected_;
+};
+
+/// read_until()/read_line() found no separator within the limit (asyncio.LimitOverrunError).
+/// consumed() is how many bytes were examined (read_until leaves them in the stream).
+class limit_overrun_error : public std::runtime_error {
+public:
+    limit_overrun_error(const std::string& message, std::size_t consumed);
+    [[nodiscard]] std::size_t consumed() const noexcept { return consumed_; }
+
+private:
+    std::size_t consumed_;
+};
+
+inline constexpr std::size_t default_stream_limit = 64 * 1024;
+
+namespace detail {
+class stream_state;
+struct stream_access;
+}
+
+/// The reading half of a connection. Move-only. One task may read at a time: a second
+/// concurrent read throws invalid_state_error instead of corrupting the stream.
+/// Every read's cancel safety: cancelling loses nothing; bytes the kernel delivered stay in the
+/// reader's buffer for the next read.
+class stream_reader {
+public:
+    stream_reader() noexcept = default;
+    explicit stream_reader(detail::stream_state* s) noexcept;  // adopts a reference
+    stream_reader(stream_reader&& o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
+    stream_reader& operator=(stream_reader&& o) noexcept;
+    ~stream_reader();
+
+    /// Up to n bytes (at least 1), or "" at EOF.
+    task<std::string> read(std::size_t n = default_stream_limit);
+    /// Reads into buf: up to buf.size() bytes, 0 at EOF. With an empty internal buffer the
+    /// kernel writes straight into buf (no copy).
+    task<std::size_t> read_some(std::span<std::byte> buf);
+    /// Exactly n bytes; at EOF first throws incomplete_read_error with the partial bytes.
+    task<std::string> read_exactly(std::size_t n);
+    /// Fills buf exactly (large reads land directly in buf); incomplete_read_error at EOF.
+    task<> read_exactly(std::span<std::byte> buf);
+    /// Data up to and including `separator`. At EOF without it: incomplete_read_error holding
+    /// what was left. Past the limit: limit_overrun_error, and the data stays in the buffer.
+    task<std::string> read_until(std::string_view separator = "\n");
+    /// One line including "\n"; at EOF the partial last line, then "". Past the limit:
+    /// limit_overrun_error, and the over-long line is discarded (through its newline when one
+    /// is buffered), so the next read_line() starts at the following line.
+    task<std::string> read_line();
+    /// True once EOF was received and the buffer is empty.
+    [[nodiscard]] bool at_eof() const noexcept;
+    /// Bytes buffered and not yet read.
+    [[nodiscard]] std::size_t buffered() const noexcept;
+    [[nodiscard]] std::size_t limit() const noexcept;
+
+private:
+    detail::stream_state* s_ = nullptr;
+};
+
+/// The writing half. Move-only. write() only buffers (and starts sending in the background);
+/// drain() is the backpressure point. When both halves are gone the connection is flushed and
+/// closed, never leaked.
+class stream_writer {
+public:
+    stream_writer() noexcept = default;
+    explicit stream_writer(detail::stream_state* s) noexcept;  // adopts a reference
+    stream_writer(stream_writer&& o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
+    stream_writer& operator=(stream_writer&& o) noexcept;
+    ~stream_writer();
+
+    /// Buffers data for sending; never blocks or suspends. Throws the connection's error
+    /// (std::system_error ECONNRESET/EPIPE) if an earlier send failed, and
+    /// invalid_state_error after close() or write_eof().
+    void write(std::span<const std::byte> data);
+    void write(std::string_view data) { write(std::as_bytes(std::span(data.data(), data.size()))); }
+
+    /// Waits while more than the high-water mark is buffered, until it drops to the low mark.
+    /// Throws the connection's error if sending failed. One task at a time (invalid_state_error
+    /// otherwise). Cancel safety: safe; buffered data stays buffered and is still sent.
+    task<> drain();
+    /// Default 64 KiB / 16 KiB (low = high / 4 when not given).
+    void set_write_buffer_limits(std::size_t high, std::optional<std::size_t> low = std::nullopt);
+    /// Bytes buffered and not yet taken by the kernel.
+    [[nodiscard]] std::size_t buffered() const noexcept;
+
+    /// Sends FIN after the buffered data (shutdown(SHUT_WR)); reading goes on.
+    void write_eof();
+    [[nodiscard]] bool can_write_eof() const noexcept { return true; }
+    /// Flushes what is buffered, then closes the connection. Returns at once; see wait_closed().
+    void close();
+    /// Closes at once with a reset (RST); buffered data is dropped (transport.abort()).
+    void abort();
+    /// Waits until the connection is closed and every operation on it has completed.
+    /// Cancel safety: safe; the close goes on regardless.
+    task<> wait_closed();
+    [[nodiscard]] bool is_closing() const noexcept;
+
+    [[nodiscard]] endpoint peername() const;
+    [[nodiscard]] endpoint sockname() const;
+    /// The underlying socket, for options (nodelay, keepalive, ...).
+    [[nodiscard]] socket& transport() const;
+
+private:
+    friend struct detail::stream_access;
+    detail::stream_state* s_ = nullptr;
+};
+
+struct stream_options {
+    std::size_t limit = default_stream_limit;  // read_until / read_line limit
+};
+
+/// Wraps a connected socket into a reader and a writer that share it.
+std::pair<stream_reader, stream_writer> make_streams(socket connected, stream_options options = {});
+
+struct connect_options {
+    std::size_t limit = default_stream_limit;
+    std::optional<endpoint> local_address;             // bind before connecting
+    std::optional<std::chrono::nanoseconds> timeout;   // per address tried
+    bool nodelay = true;                               // TCP_NODELAY, as asyncio
+};
+
+/// Connects to host:port (asyncio.open_connection). Each resolved address is tried in turn;
+/// the first that connects wins. If none does, std::system_error lists every attempt
+/// ("connect to 127.0.0.1:1: Connection refused; connect to [::1]:1: ..."); a name that does
+/// not resolve throws resolve_error; a connect that exceeds options.timeout counts as failed
+/// with ETIMEDOUT. Cancel safety: safe; no socket is left open.
+task<std::pair<stream_reader, stream_writer>> open_connection(std::string host, std::uint16_t port,
+                                                              connect_options options = {});
+
+/// Connects to a Unix socket path ('@name' for an abstract one).
+task<std::pair<stream_reader, stream_writer>> open_unix_connection(std::string path, connect_options options = {});
+
+}  // namespace ringio

@@ -1,0 +1,353 @@
+#include "ringio/server.hpp"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+
+#include <fmt/format.h>
+
+#include "ringio/event.hpp"
+#include "ringio/log.hpp"
+#include "ringio/task_handle.hpp"
+#include "ringio/time.hpp"
+#include "stream_state.hpp"
+
+namespace ringio {
+namespace detail {
+
+/// One listening socket and its (multishot) accept.
+struct listener {
+    socket& sock;  // in server_state::sockets
+    explicit listener(socket& s) : sock(s) {}
+    struct accept_request : io_request {
+        listener* l = nullptr;
+    } req;
+    std::vector<int> ready;  // accepted fds not yet handed out
+    int error = 0;           // last accept error (-errno), 0 if none
+    bool armed = false;
+    bool multishot = false;
+    event_loop* loop = nullptr;
+    std::coroutine_handle<> waiter;
+    task_base* waiter_task = nullptr;
+
+    void arm() {
+        armed = true;
+        socket_state* ss = sock.state_ptr();
+        ss->loop = loop;
+        ss->begin();
+        loop->submit(&req);
+    }
+    void wake() noexcept {
+        if (waiter) loop->wake(waiter_task, std::exchange(waiter, {}));
+    }
+};
+
+struct connection : list_node {
+    stream_state* stream = nullptr;
+};
+
+struct server_state {
+    connection_handler handler;
+    server_options options;
+    std::vector<socket> sockets;
+    std::vector<std::unique_ptr<listener>> listeners;
+    intrusive_list<connection> conns;
+    std::size_t conn_count = 0;
+    std::size_t accept_loops = 0;
+    bool closing = false;
+    std::string unix_path;  // removed on close
+    event closed;           // close() was called
+    event all_done;         // closed, listeners gone, no connection left
+
+    void check_done() {
+        if (closing && accept_loops == 0 && conn_count == 0) all_done.set();
+    }
+};
+
+namespace {
+
+bool transient_accept_error(int err) {
+    return err == EMFILE || err == ENFILE || err == ENOMEM || err == ENOBUFS || err == ECONNABORTED ||
+           err == EPROTO || err == EPERM || err == EINTR;
+}
+
+task<> run_connection(std::shared_ptr<server_state> st, int fd) {
+    socket s(fd);
+    if (!st->unix_path.size()) {
+        try {
+            s.set_nodelay(true);
+        } catch (const std::system_error&) {
+        }
+    }
+    auto [reader, writer] = make_streams(std::move(s), st->options.limit, std::nullopt);
+    // Our own reference to the shared stream state, for close_clients()/abort_clients().
+    struct stream_ref {
+        stream_state* p;
+        ~stream_ref() { p->release(); }
+    };
+    stream_state* ss = stream_access::state(writer);
+    ss->add_ref();
+    connection conn;
+    stream_ref ref{ss};
+    conn.stream = ss;
+    st->conns.push_back(&conn);
+    ++st->conn_count;
+
+    std::exception_ptr failure;
+    try {
+        co_await st->handler(std::move(reader), std::move(writer));
+    } catch (const cancelled_error&) {
+        failure = std::current_exception();
+    } catch (...) {
+        log(log_level::error, "connection handler for {} failed: {}", ss->peer(), describe(std::current_exception()));
+    }
+    ss->close();  // flush what the handler wrote, then close (no-op if it did)
+    if (!failure) {
+        try {
+            co_await ss->wait_closed();
+        } catch (const cancelled_error&) {
+            failure = std::current_exception();
+        }
+    }
+    intrusive_list<connection>::erase(&conn);
+    --st->conn_count;
+    st->check_done();
+    if (failure) std::rethrow_exception(failure);
+}
+
+task<> accept_loop(std::shared_ptr<server_state> st, listener* l) {
+    auto backoff = std::chrono::milliseconds(100);
+    bool in_burst = false;
+    while (!st->closing) {
+        if (!l->armed && l->error == 0) l->arm();
+        if (l->ready.empty() && l->error == 0) {
+            struct awaiter : suspend_point {
+                listener* l;
+                bool await_ready() const noexcept { return false; }
+                void await_suspend(std::coroutine_handle<> h) {
+                    l->waiter = h;
+                    l->waiter_task = l->loop->current_task();
+                    on_cancel = [](suspend_point* sp) noexcept { static_cast<awaiter*>(sp)->l->wake(); };
+                    l->waiter_task->suspended_at = this;
+                }
+                void await_resume() const {
+                    if (l->loop->current_task()->take_cancel()) throw cancelled_error();
+                }
+            };
+            co_await awaiter{{}, l};
+        }
+        std::vector<int> fds = std::move(l->ready);
+        l->ready.clear();
+        for (int fd : fds) {
+            if (st->closing) {
+                ::close(fd);  // accepted as the server closed: no handler sees it
+                continue;
+            }
+            in_burst = false;
+            backoff = std::chrono::milliseconds(100);
+            (void)create_task(run_connection(st, fd));
+        }
+        if (int err = -std::exchange(l->error, 0); err != 0 && !st->closing) {
+            if (err == ECANCELED) continue;
+            if (!in_burst) {
+                log(log_level::warning, "accept on {} failed: {}; retrying after {} ms", l->sock.local_endpoint(),
+                    std::system_category().message(err), backoff.count());
+                in_burst = true;
+            }
+            if (!transient_accept_error(err))
+                log(log_level::error, "unexpected accept error {} ({}); the listener keeps retrying", err,
+                    std::system_category().message(err));
+            co_await sleep(backoff);
+            backoff = std::min(backoff * 2, std::chrono::milliseconds(1000));
+        }
+    }
+}
+
+task<> run_listener(std::shared_ptr<server_state> st, listener* l) {
+    std::exception_ptr failure;
+    try {
+        co_await accept_loop(st, l);
+    } catch (...) {
+        failure = std::current_exception();
+    }
+    // Stop the accept in flight, wait for it, then close the listening socket.
+    socket_state* ss = l->sock.state_ptr();
+    if (ss && ss->inflight > 0) ss->cancel_all();
+    co_await l->sock.close();
+    for (int fd : l->ready) ::close(fd);
+    l->ready.clear();
+    --st->accept_loops;
+    st->check_done();
+    if (failure) {
+        try {
+            std::rethrow_exception(failure);
+        } catch (const cancelled_error&) {
+            throw;
+        } catch (...) {
+            log(log_level::error, "accept loop failed: {}", describe(failure));
+        }
+    }
+}
+
+void start_listeners(const std::shared_ptr<server_state>& st) {
+    event_loop& loop = event_loop::running();
+    for (socket& s : st->sockets) {
+        auto l = std::make_unique<listener>(s);
+        l->loop = &loop;
+        l->multishot = loop.features().multishot_accept;
+        l->req.l = l.get();
+        l->req.prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
+            listener* li = static_cast<listener::accept_request*>(r)->l;
+            if (li->multishot)
+                io_uring_prep_multishot_accept(sqe, li->sock.fd(), nullptr, nullptr, SOCK_CLOEXEC);
+            else
+                io_uring_prep_accept(sqe, li->sock.fd(), nullptr, nullptr, SOCK_CLOEXEC);
+        };
+        l->req.complete = [](io_request* r, int res, std::uint32_t flags) noexcept {
+            listener* li = static_cast<listener::accept_request*>(r)->l;
+            if (res >= 0)
+                li->ready.push_back(res);
+            else
+                li->error = res;
+            bool done = !(flags & IORING_CQE_F_MORE);
+            li->wake();
+            if (done) {
+                li->armed = false;
+                li->sock.state_ptr()->end();  // last: may run the socket's idle hook
+            }
+        };
+        st->listeners.push_back(std::move(l));
+    }
+    for (auto& l : st->listeners) {
+        ++st->accept_loops;
+        (void)create_task(run_listener(st, l.get()));
+    }
+}
+
+socket listen_on(const endpoint& ep, const server_options& o, bool v6only) {
+    socket s = socket::create(ep.family(), SOCK_STREAM);
+    if (ep.is_ip()) {
+        if (o.reuse_address) s.set_reuse_address(true);
+        if (o.reuse_port) s.set_reuse_port(true);
+        if (v6only && ep.family() == AF_INET6) s.set_v6only(true);
+    }
+    s.bind(ep);
+    s.listen(o.backlog);
+    return s;
+}
+
+}  // namespace
+}  // namespace detail
+
+server::server(std::shared_ptr<detail::server_state> st) noexcept : st_(std::move(st)) {}
+
+server& server::operator=(server&& o) noexcept {
+    if (this != &o) {
+        if (st_) close();
+        st_ = std::move(o.st_);
+    }
+    return *this;
+}
+
+server::~server() {
+    if (st_) close();
+}
+
+const std::vector<socket>& server::sockets() const {
+    static const std::vector<socket> none;
+    return st_ ? st_->sockets : none;
+}
+
+std::uint16_t server::port() const {
+    if (!st_ || st_->sockets.empty() || !st_->sockets.front().valid()) return 0;
+    return st_->sockets.front().local_endpoint().port();
+}
+
+bool server::is_serving() const noexcept { return st_ && !st_->closing; }
+std::size_t server::connections() const noexcept { return st_ ? st_->conn_count : 0; }
+
+void server::close() {
+    if (!st_ || st_->closing) return;
+    st_->closing = true;
+    for (auto& l : st_->listeners) {
+        detail::socket_state* ss = l->sock.state_ptr();
+        if (ss && ss->inflight > 0) ss->cancel_all();
+        l->wake();
+    }
+    if (!st_->unix_path.empty() && st_->unix_path[0] != '@') ::unlink(st_->unix_path.c_str());
+    st_->closed.set();
+    st_->check_done();
+}
+
+task<> server::wait_closed() {
+    if (!st_) co_return;
+    auto st = st_;
+    co_await st->all_done.wait();
+}
+
+void server::close_clients() {
+    if (!st_) return;
+    st_->conns.for_each([](detail::connection* c) { c->stream->close(); });
+}
+
+void server::abort_clients() {
+    if (!st_) return;
+    st_->conns.for_each([](detail::connection* c) { c->stream->abort(); });
+}
+
+task<> server::serve_forever() {
+    if (!st_) throw invalid_state_error("ringio: serve_forever on an empty server");
+    auto st = st_;
+    try {
+        co_await st->closed.wait();
+    } catch (const cancelled_error&) {
+        close();
+        throw;
+    }
+}
+
+task<server> start_server(connection_handler handler, std::string host, std::uint16_t port, server_options options) {
+    auto st = std::make_shared<detail::server_state>();
+    st->handler = std::move(handler);
+    st->options = options;
+    resolve_options ro;
+    ro.passive = true;
+    std::vector<endpoint> eps = co_await resolve(host, port, ro);
+    bool several = eps.size() > 1;
+    for (endpoint ep : eps) {
+        if (port == 0 && !st->sockets.empty())  // port 0: every address on the first one's port
+            ep = endpoint(ep.address(), st->sockets.front().local_endpoint().port());
+        try {
+            st->sockets.push_back(detail::listen_on(ep, options, several));
+        } catch (const std::system_error& e) {
+            // An address family the machine lacks (no IPv6) is skipped when others work.
+            if (several && (e.code().value() == EAFNOSUPPORT || e.code().value() == EADDRNOTAVAIL)) continue;
+            throw;
+        }
+    }
+    if (st->sockets.empty()) throw make_system_error(EADDRNOTAVAIL, fmt::format("ringio: no address to listen on for '{}'", host));
+    server srv(st);
+    detail::start_listeners(st);
+    co_return srv;
+}
+
+task<server> start_unix_server(connection_handler handler, std::string path, server_options options) {
+    auto st = std::make_shared<detail::server_state>();
+    st->handler = std::move(handler);
+    st->options = options;
+    st->unix_path = path;
+    endpoint ep = endpoint::unix_path(path);
+    if (!ep.is_abstract()) {
+        struct stat sb {};
+        if (::stat(path.c_str(), &sb) == 0 && S_ISSOCK(sb.st_mode)) ::unlink(path.c_str());
+    }
+    st->sockets.push_back(detail::listen_on(ep, options, false));
+    server srv(st);
+    detail::start_listeners(st);
+    co_return srv;
+}
+
+}  // namespace ringio

@@ -1,0 +1,523 @@
+#include "ringio/stream.hpp"
+
+#include <algorithm>
+#include <cerrno>
+
+#include <fmt/format.h>
+
+#include "ringio/errors.hpp"
+#include "ringio/wait_for.hpp"
+#include "stream_state.hpp"
+
+namespace ringio {
+
+incomplete_read_error::incomplete_read_error(std::string partial, std::size_t expected)
+    : std::runtime_error(expected ? fmt::format("ringio: {} bytes read on a total of {} expected bytes", partial.size(), expected)
+                                  : fmt::format("ringio: {} bytes read before EOF, separator not found", partial.size())),
+      partial_(std::move(partial)),
+      expected_(expected) {}
+
+limit_overrun_error::limit_overrun_error(const std::string& message, std::size_t consumed)
+    : std::runtime_error(message), consumed_(consumed) {}
+
+namespace detail {
+namespace {
+// How much a read asks the kernel for when filling the internal buffer.
+constexpr std::size_t min_chunk = 16 * 1024;
+constexpr std::size_t max_chunk = 256 * 1024;
+// read_exactly receives straight into the caller's memory from this size on.
+constexpr std::size_t direct_threshold = 64 * 1024;
+// Write buffers larger than this are freed once empty rather than kept for reuse.
+constexpr std::size_t keep_capacity = 256 * 1024;
+}  // namespace
+
+stream_state::stream_state(socket s, std::size_t lim) : sock(std::move(s)), limit(lim), loop_(&event_loop::running()) {
+    if (limit == 0) throw std::invalid_argument("ringio: stream limit must be positive");
+    send_req_.st = this;
+    send_req_.prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
+        stream_state* st = static_cast<send_request*>(r)->st;
+        int fd = st->sock.fd();
+        // TRICKY: filled at submit time, so every write() of this pass goes out in one send.
+        if (st->send_off_ == st->sending_.size()) {
+            st->sending_.clear();
+            st->send_off_ = 0;
+            std::swap(st->sending_, st->pending_);
+        }
+        if (!st->sending_.empty()) {
+            st->kind_ = send_kind::send;
+            io_uring_prep_send(sqe, fd, st->sending_.data() + st->send_off_, st->sending_.size() - st->send_off_,
+                               MSG_NOSIGNAL);
+        } else if (st->eof_requested_ && !st->eof_sent_) {
+            st->kind_ = send_kind::shutdown;
+            io_uring_prep_shutdown(sqe, fd, SHUT_WR);
+        } else {
+            st->kind_ = send_kind::nop;
+            io_uring_prep_nop(sqe);
+        }
+    };
+    send_req_.complete = [](io_request* r, int res, std::uint32_t) noexcept {
+        static_cast<send_request*>(r)->st->on_sent(res);
+    };
+    socket_state* ss = sock.state_ptr();
+    ss->idle_hook = &stream_state::on_socket_idle;
+    ss->idle_ctx = this;
+}
+
+void stream_state::release() noexcept {
+    if (--refs_ != 0) return;
+    // Both halves are gone. An abandoned connection is flushed and closed, never leaked; the
+    // state lives on while that happens (the send holds its own reference).
+    if (!closing) close();
+    if (closed && !send_queued_ && sock.in_flight() == 0) delete this;
+}
+
+const endpoint& stream_state::peer() {
+    if (!peer_ && sock.valid()) {
+        try {
+            peer_ = sock.remote_endpoint();
+        } catch (const std::system_error&) {
+        }
+    }
+    static const endpoint unknown;
+    return peer_ ? *peer_ : unknown;
+}
+
+const endpoint& stream_state::local() {
+    if (!local_ && sock.valid()) local_ = sock.local_endpoint();
+    static const endpoint unknown;
+    return local_ ? *local_ : unknown;
+}
+
+std::system_error stream_state::io_error(int err, const char* what) {
+    return make_system_error(err, fmt::format("ringio: {} {}", what, peer()));
+}
+
+// ---- reading ----
+
+void stream_state::begin_read() {
+    if (reading_)
+        throw invalid_state_error("ringio: another task is already reading from this stream");
+    reading_ = true;
+}
+
+task<std::size_t> stream_state::recv_into(std::span<std::byte> buf) {
+    if (eof || closed) co_return 0;
+    int fd = sock.fd();
+    io_result r = co_await sock.op([&](io_uring_sqe* s) noexcept { io_uring_prep_recv(s, fd, buf.data(), buf.size(), 0); });
+    if (r.res == 0 || (r.res == -ECANCELED && closing)) {  // EOF, or our own close() ended the read
+        eof = true;
+        co_return 0;
+    }
+    if (!r) throw io_error(-r.res, "read from");
+    co_return r.value();
+}
+
+task<bool> stream_state::fill(std::size_t hint) {
+    std::span<std::byte> room = rbuf.prepare(std::clamp(hint, min_chunk, max_chunk));
+    std::size_t n = co_await recv_into(room);
+    rbuf.commit(n);
+    co_return n > 0;
+}
+
+task<std::string> stream_state::read_until(std::string_view sep) {
+    if (sep.empty()) throw std::invalid_argument("ringio: read_until needs a non-empty separator");
+    // asyncio's algorithm: search only what was not searched before; past the limit, stop.
+    std::size_t offset = 0;
+    std::size_t isep;
+    while (true) {
+        std::string_view data = rbuf.view();
+        if (data.size() >= offset + sep.size()) {
+            isep = data.find(sep, offset);
+            if (isep != std::string_view::npos) break;
+            offset = data.size() + 1 - sep.size();
+            if (offset > limit)
+                throw limit_overrun_error("ringio: separator is not found, and chunk exceed the limit", offset);
+        }
+        if (eof) {
+            std::string partial(data);
+            rbuf.clear();
+            throw incomplete_read_error(std::move(partial), 0);
+        }
+        co_await fill(min_chunk);
+    }
+    if (isep > limit)
+        throw limit_overrun_error("ringio: separator is found, but chunk is longer than limit", isep);
+    std::string out(rbuf.view().substr(0, isep + sep.size()));
+    rbuf.consume(out.size());
+    co_return out;
+}
+
+// ---- writing ----
+
+void stream_state::queue_send() {
+    if (send_queued_) return;
+    send_queued_ = true;
+    add_ref();
+    sock.state_ptr()->begin();
+    sock.state_ptr()->loop = loop_;
+    loop_->submit_later(&send_req_);
+}
+
+void stream_state::write(std::span<const std::byte> data) {
+    if (write_error_) throw make_system_error(write_error_.value(), fmt::format("ringio: write to {}", peer()));
+    if (closing) throw invalid_state_error("ringio: write() after close()");
+    if (eof_requested_) throw invalid_state_error("ringio: write() after write_eof()");
+    if (data.empty()) return;
+    pending_.insert(pending_.end(), data.begin(), data.end());
+    queue_send();
+}
+
+void stream_state::on_sent(int res) noexcept {
+    send_queued_ = false;
+    if (res < 0) {
+        if (kind_ == send_kind::shutdown) {
+            eof_sent_ = true;  // ENOTCONN and friends: the peer is gone; reads will say so
+        } else if (!write_error_) {
+            write_error_ = std::error_code(res == -ECANCELED ? EPIPE : -res, std::system_category());
+        }
+    } else if (kind_ == send_kind::send) {
+        send_off_ += static_cast<std::size_t>(res);
+    } else if (kind_ == send_kind::shutdown) {
+        eof_sent_ = true;
+    }
+    if (write_error_ || aborted_) {  // nothing more will be sent: drop the data
+        pending_.clear();
+        sending_.clear();
+        send_off_ = 0;
+    }
+    if (send_off_ == sending_.size()) {
+        sending_.clear();
+        send_off_ = 0;
+        if (sending_.capacity() > keep_capacity) sending_.shrink_to_fit();
+    }
+    bool more = !write_error_ && !aborted_ &&
+                (send_off_ < sending_.size() || !pending_.empty() || (eof_requested_ && !eof_sent_));
+    socket_state* ss = sock.state_ptr();
+    if (more) {
+        send_queued_ = true;  // keeps the reference and the in-flight count
+        loop_->submit_later(&send_req_);
+        wake_drainer();
+        return;
+    }
+    wake_drainer();
+    ss->end();                          // may run the idle hook, which may finish a close
+    if (closing) maybe_finish_close();  // e.g. end a read still in flight
+    release();                          // queue_send()'s reference; may free this
+}
+
+void stream_state::wake_drainer() noexcept {
+    if (drainer_ && (write_buffered() <= low || write_error_ || closed))
+        loop_->wake(drain_task_, std::exchange(drainer_, {}));
+}
+
+task<> stream_state::drain() {
+    if (write_error_) throw make_system_error(write_error_.value(), fmt::format("ringio: drain to {}", peer()));
+    if (write_buffered() <= high || closed) co_return;
+    if (drainer_) throw invalid_state_error("ringio: another task is already draining this stream");
+    struct awaiter : suspend_point {
+        stream_state* st;
+        bool cancelled = false;
+        bool await_ready() const noexcept { return false; }
+        bool await_suspend(std::coroutine_handle<> h) {
+            task_base* t = st->loop_->current_task();
+            if (t->take_cancel()) {
+                cancelled = true;
+                return false;
+            }
+            st->drainer_ = h;
+            st->drain_task_ = t;
+            on_cancel = [](suspend_point* sp) noexcept {
+                auto* a = static_cast<awaiter*>(sp);
+                a->cancelled = true;
+                a->st->loop_->wake(a->st->drain_task_, std::exchange(a->st->drainer_, {}));
+            };
+            t->suspended_at = this;
+            return true;
+        }
+        void await_resume() {
+            if (cancelled) {
+                st->loop_->current_task()->take_cancel();
+                throw cancelled_error();
+            }
+        }
+    };
+    co_await awaiter{{}, this};
+    if (write_error_) throw make_system_error(write_error_.value(), fmt::format("ringio: drain to {}", peer()));
+}
+
+void stream_state::write_eof() {
+    if (closing || eof_requested_) return;
+    eof_requested_ = true;
+    queue_send();
+}
+
+void stream_state::close() {
+    if (closing) return;
+    closing = true;
+    maybe_finish_close();
+}
+
+void stream_state::abort() {
+    if (closed) return;
+    aborted_ = true;
+    closing = true;
+    pending_.clear();
+    if (sock.valid()) {
+        try {
+            sock.set_linger(std::chrono::seconds(0));  // close() then sends RST
+        } catch (const std::system_error&) {
+        }
+    }
+    maybe_finish_close();
+}
+
+void stream_state::maybe_finish_close() noexcept {
+    if (!closing || closed) return;
+    socket_state* ss = sock.state_ptr();
+    if (send_queued_ && !aborted_) return;  // still flushing; on_sent() calls again
+    if (ss->inflight > 0) {
+        ss->cancel_all();  // a pending read ends as EOF; the idle hook finishes the close
+        return;
+    }
+    finish_close();
+}
+
+void stream_state::finish_close() noexcept {
+    closed = true;
+    ::close(sock.release());
+    closed_event_.set();
+    wake_drainer();
+}
+
+void stream_state::on_socket_idle(void* self) noexcept {
+    auto* st = static_cast<stream_state*>(self);
+    if (st->closing && !st->closed) st->maybe_finish_close();
+    if (st->closed && st->refs_ == 0 && !st->send_queued_) delete st;
+}
+
+task<> stream_state::wait_closed() {
+    add_ref();
+    struct releaser {
+        stream_state* s;
+        ~releaser() { s->release(); }
+    } guard{this};
+    co_await closed_event_.wait();
+}
+
+}  // namespace detail
+
+// ---- stream_reader ----
+
+namespace {
+struct read_guard {
+    detail::stream_state* s;
+    explicit read_guard(detail::stream_state* st) : s(st) {
+        if (!s) throw invalid_state_error("ringio: use of an empty stream_reader");
+        s->begin_read();
+    }
+    ~read_guard() { s->end_read(); }
+    read_guard(const read_guard&) = delete;
+    read_guard& operator=(const read_guard&) = delete;
+};
+
+std::string take(detail::byte_buffer& b, std::size_t n) {
+    std::string out(b.view().substr(0, n));
+    b.consume(out.size());
+    return out;
+}
+}  // namespace
+
+stream_reader::stream_reader(detail::stream_state* s) noexcept : s_(s) {}
+stream_reader& stream_reader::operator=(stream_reader&& o) noexcept {
+    if (this != &o) {
+        if (s_) s_->release();
+        s_ = std::exchange(o.s_, nullptr);
+    }
+    return *this;
+}
+stream_reader::~stream_reader() {
+    if (s_) s_->release();
+}
+
+task<std::string> stream_reader::read(std::size_t n) {
+    read_guard g(s_);
+    if (n == 0) co_return std::string();
+    if (s_->rbuf.empty() && !co_await s_->fill(n)) co_return std::string();
+    co_return take(s_->rbuf, n);
+}
+
+task<std::size_t> stream_reader::read_some(std::span<std::byte> buf) {
+    read_guard g(s_);
+    if (buf.empty()) co_return 0;
+    detail::byte_buffer& b = s_->rbuf;
+    if (b.empty()) co_return co_await s_->recv_into(buf);  // straight into the caller's memory
+    std::size_t n = std::min(buf.size(), b.size());
+    std::memcpy(buf.data(), b.data(), n);
+    b.consume(n);
+    co_return n;
+}
+
+task<std::string> stream_reader::read_exactly(std::size_t n) {
+    read_guard g(s_);
+    detail::byte_buffer& b = s_->rbuf;
+    std::string out = take(b, n);
+    if (out.size() < n && n - out.size() >= detail::direct_threshold) {
+        std::size_t have = out.size();
+        out.resize(n);
+        while (have < n) {
+            std::size_t got = co_await s_->recv_into(std::as_writable_bytes(std::span(out)).subspan(have));
+            if (got == 0) {
+                out.resize(have);
+                throw incomplete_read_error(std::move(out), n);
+            }
+            have += got;
+        }
+        co_return out;
+    }
+    while (out.size() < n) {
+        if (!co_await s_->fill(n - out.size())) throw incomplete_read_error(std::move(out), n);
+        out += take(b, n - out.size());
+    }
+    co_return out;
+}
+
+task<> stream_reader::read_exactly(std::span<std::byte> buf) {
+    read_guard g(s_);
+    detail::byte_buffer& b = s_->rbuf;
+    std::size_t have = std::min(buf.size(), b.size());
+    std::memcpy(buf.data(), b.data(), have);
+    b.consume(have);
+    while (have < buf.size()) {
+        std::size_t got = co_await s_->recv_into(buf.subspan(have));
+        if (got == 0)
+            throw incomplete_read_error(std::string(reinterpret_cast<const char*>(buf.data()), have), buf.size());
+        have += got;
+    }
+}
+
+task<std::string> stream_reader::read_until(std::string_view separator) {
+    read_guard g(s_);
+    co_return co_await s_->read_until(separator);
+}
+
+task<std::string> stream_reader::read_line() {
+    read_guard g(s_);
+    try {
+        co_return co_await s_->read_until("\n");
+    } catch (incomplete_read_error& e) {
+        co_return std::string(e.partial());
+    } catch (const limit_overrun_error& e) {
+        // asyncio: drop the over-long line through its newline if buffered, else all of it.
+        detail::byte_buffer& b = s_->rbuf;
+        std::string_view data = b.view();
+        if (data.size() > e.consumed() && data[e.consumed()] == '\n')
+            b.consume(e.consumed() + 1);
+        else
+            b.clear();
+        throw;
+    }
+}
+
+bool stream_reader::at_eof() const noexcept { return s_ && s_->eof && s_->rbuf.empty(); }
+std::size_t stream_reader::buffered() const noexcept { return s_ ? s_->rbuf.size() : 0; }
+std::size_t stream_reader::limit() const noexcept { return s_ ? s_->limit : 0; }
+
+// ---- stream_writer ----
+
+stream_writer::stream_writer(detail::stream_state* s) noexcept : s_(s) {}
+stream_writer& stream_writer::operator=(stream_writer&& o) noexcept {
+    if (this != &o) {
+        if (s_) s_->release();
+        s_ = std::exchange(o.s_, nullptr);
+    }
+    return *this;
+}
+stream_writer::~stream_writer() {
+    if (s_) s_->release();
+}
+
+namespace {
+detail::stream_state* need(detail::stream_state* s) {
+    if (!s) throw invalid_state_error("ringio: use of an empty stream_writer");
+    return s;
+}
+}  // namespace
+
+void stream_writer::write(std::span<const std::byte> data) { need(s_)->write(data); }
+task<> stream_writer::drain() { return need(s_)->drain(); }
+void stream_writer::set_write_buffer_limits(std::size_t high, std::optional<std::size_t> low) {
+    std::size_t lo = low.value_or(high / 4);
+    if (lo > high) throw std::invalid_argument("ringio: low water mark above the high one");
+    need(s_)->high = high;
+    s_->low = lo;
+}
+std::size_t stream_writer::buffered() const noexcept { return s_ ? s_->write_buffered() : 0; }
+void stream_writer::write_eof() { need(s_)->write_eof(); }
+void stream_writer::close() { need(s_)->close(); }
+void stream_writer::abort() { need(s_)->abort(); }
+task<> stream_writer::wait_closed() { return need(s_)->wait_closed(); }
+bool stream_writer::is_closing() const noexcept { return s_ && s_->closing; }
+endpoint stream_writer::peername() const { return need(s_)->peer(); }
+endpoint stream_writer::sockname() const { return need(s_)->local(); }
+socket& stream_writer::transport() const { return need(s_)->sock; }
+
+// ---- construction ----
+
+std::pair<stream_reader, stream_writer> make_streams(socket connected, stream_options options) {
+    return detail::make_streams(std::move(connected), options.limit, std::nullopt);
+}
+
+std::pair<stream_reader, stream_writer> detail::make_streams(socket connected, std::size_t limit,
+                                                             std::optional<endpoint> peer) {
+    auto* st = new detail::stream_state(std::move(connected), limit);
+    st->set_peer(std::move(peer));
+    st->add_ref();
+    st->add_ref();
+    return {stream_reader(st), stream_writer(st)};
+}
+
+namespace {
+
+task<std::pair<stream_reader, stream_writer>> connect_any(std::vector<endpoint> targets, connect_options options) {
+    std::string errors;
+    int last_error = ECONNREFUSED;
+    for (const endpoint& ep : targets) {
+        socket s = socket::create(ep.family(), SOCK_STREAM);
+        int err = 0;
+        std::string what;
+        try {
+            if (options.nodelay && ep.is_ip()) s.set_nodelay(true);
+            if (options.local_address) s.bind(*options.local_address);
+            if (options.timeout)
+                co_await wait_for(s.connect(ep), *options.timeout);
+            else
+                co_await s.connect(ep);
+        } catch (const timeout_error&) {
+            err = ETIMEDOUT;
+            what = fmt::format("ringio: connect to {}: timed out", ep);
+        } catch (const std::system_error& e) {
+            err = e.code().value();
+            what = e.what();
+        }
+        if (err == 0) co_return make_streams(std::move(s), stream_options{options.limit});
+        last_error = err;
+        if (!errors.empty()) errors += "; ";
+        errors += what;
+    }
+    throw std::system_error(last_error, std::system_category(), errors);
+}
+
+}  // namespace
+
+task<std::pair<stream_reader, stream_writer>> open_connection(std::string host, std::uint16_t port,
+                                                              connect_options options) {
+    std::vector<endpoint> targets = co_await resolve(host, port);
+    co_return co_await connect_any(std::move(targets), std::move(options));
+}
+
+task<std::pair<stream_reader, stream_writer>> open_unix_connection(std::string path, connect_options options) {
+    std::vector<endpoint> targets{endpoint::unix_path(path)};
+    co_return co_await connect_any(std::move(targets), std::move(options));
+}
+
+}  // namespace ringio

@@ -1,0 +1,151 @@
+// The state a stream_reader and stream_writer share. Private to net/.
+#pragma once
+
+#include <cstring>
+#include <memory>
+#include <system_error>
+#include <vector>
+
+#include "ringio/event.hpp"
+#include "ringio/stream.hpp"
+
+namespace ringio::detail {
+
+/// A byte buffer consumed from the front and filled at the back; compacts before growing.
+class byte_buffer {
+public:
+    [[nodiscard]] std::size_t size() const noexcept { return end_ - begin_; }
+    [[nodiscard]] bool empty() const noexcept { return begin_ == end_; }
+    [[nodiscard]] const std::byte* data() const noexcept { return data_.get() + begin_; }
+    [[nodiscard]] std::string_view view() const noexcept {
+        return {reinterpret_cast<const char*>(data()), size()};
+    }
+
+    void consume(std::size_t n) noexcept {
+        begin_ += n;
+        if (begin_ == end_) begin_ = end_ = 0;
+    }
+    void clear() noexcept { begin_ = end_ = 0; }
+
+    /// Room for at least n more bytes at the back.
+    std::span<std::byte> prepare(std::size_t n) {
+        if (cap_ - end_ < n) {
+            if (size() + n <= cap_ && begin_ > 0) {
+                std::memmove(data_.get(), data(), size());
+            } else {
+                std::size_t cap = std::max(cap_ * 2, size() + n);
+                auto bigger = std::make_unique_for_overwrite<std::byte[]>(cap);
+                if (!empty()) std::memcpy(bigger.get(), data(), size());
+                data_ = std::move(bigger);
+                cap_ = cap;
+            }
+            end_ = size();
+            begin_ = 0;
+        }
+        return {data_.get() + end_, cap_ - end_};
+    }
+    void commit(std::size_t n) noexcept { end_ += n; }
+
+    /// Frees the memory of an empty buffer that grew large.
+    void trim(std::size_t keep) noexcept {
+        if (empty() && cap_ > keep) {
+            data_.reset();
+            cap_ = begin_ = end_ = 0;
+        }
+    }
+
+private:
+    std::unique_ptr<std::byte[]> data_;
+    std::size_t cap_ = 0;
+    std::size_t begin_ = 0;
+    std::size_t end_ = 0;
+};
+
+class stream_state {
+public:
+    stream_state(socket s, std::size_t limit);
+    stream_state(const stream_state&) = delete;
+    stream_state& operator=(const stream_state&) = delete;
+
+    void add_ref() noexcept { ++refs_; }
+    void release() noexcept;
+
+    // ---- reading ----
+    /// Receives more data into rbuf (at least one byte); false at EOF.
+    task<bool> fill(std::size_t hint);
+    /// Receives straight into buf; 0 at EOF.
+    task<std::size_t> recv_into(std::span<std::byte> buf);
+    task<std::string> read_until(std::string_view sep);
+    void begin_read();
+    void end_read() noexcept { reading_ = false; }
+
+    // ---- writing ----
+    void write(std::span<const std::byte> data);
+    task<> drain();
+    void write_eof();
+    void close();
+    void abort();
+    task<> wait_closed();
+    [[nodiscard]] std::size_t write_buffered() const noexcept { return pending_.size() + sending_.size() - send_off_; }
+
+    [[nodiscard]] const endpoint& peer();
+    void set_peer(std::optional<endpoint> p) { peer_ = std::move(p); }
+    [[nodiscard]] const endpoint& local();
+    [[nodiscard]] std::system_error io_error(int err, const char* what);
+
+    socket sock;
+    byte_buffer rbuf;
+    std::size_t limit;
+    std::size_t high = 64 * 1024;
+    std::size_t low = 16 * 1024;
+    bool eof = false;
+    bool closing = false;
+    bool closed = false;
+
+private:
+    ~stream_state() = default;
+
+    enum class send_kind : std::uint8_t { send, shutdown, nop };
+    struct send_request : io_request {
+        stream_state* st = nullptr;
+    };
+
+    void queue_send();
+    void on_sent(int res) noexcept;
+    void wake_drainer() noexcept;
+    void maybe_finish_close() noexcept;
+    void finish_close() noexcept;
+    static void on_socket_idle(void* self) noexcept;
+
+    std::uint32_t refs_ = 0;
+    event_loop* loop_;
+    bool reading_ = false;
+
+    std::vector<std::byte> sending_;  // owned by the kernel while a send is in flight
+    std::vector<std::byte> pending_;  // appended to by write()
+    std::size_t send_off_ = 0;
+    send_request send_req_;
+    send_kind kind_ = send_kind::nop;
+    bool send_queued_ = false;  // queued or in flight (holds a reference)
+    std::error_code write_error_;
+    bool eof_requested_ = false;
+    bool eof_sent_ = false;
+    bool aborted_ = false;
+
+    std::coroutine_handle<> drainer_;
+    task_base* drain_task_ = nullptr;
+    bool drain_cancelled_ = false;
+    event closed_event_;
+
+    std::optional<endpoint> peer_;
+    std::optional<endpoint> local_;
+};
+
+struct stream_access {
+    static stream_state* state(const stream_writer& w) noexcept { return w.s_; }
+};
+
+/// make_streams() for a socket whose peer is already known (from accept).
+std::pair<stream_reader, stream_writer> make_streams(socket connected, std::size_t limit, std::optional<endpoint> peer);
+
+}  // namespace ringio::detail
