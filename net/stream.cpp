@@ -43,7 +43,10 @@ stream_state::stream_state(socket s, std::size_t lim) : sock(std::move(s)), limi
             st->send_off_ = 0;
             std::swap(st->sending_, st->pending_);
         }
-        if (!st->sending_.empty()) {
+        if (st->aborted_) {
+            st->kind_ = send_kind::nop;
+            io_uring_prep_nop(sqe);
+        } else if (!st->sending_.empty()) {
             st->kind_ = send_kind::send;
             io_uring_prep_send(sqe, fd, st->sending_.data() + st->send_off_, st->sending_.size() - st->send_off_,
                                MSG_NOSIGNAL);
@@ -101,7 +104,8 @@ void stream_state::begin_read() {
 }
 
 task<std::size_t> stream_state::recv_into(std::span<std::byte> buf) {
-    if (eof || closed) co_return 0;
+    // After close() the stream reads nothing more (as asyncio's transport stops reading).
+    if (eof || closing) co_return 0;
     int fd = sock.fd();
     io_result r = co_await sock.op([&](io_uring_sqe* s) noexcept { io_uring_prep_recv(s, fd, buf.data(), buf.size(), 0); });
     if (r.res == 0 || (r.res == -ECANCELED && closing)) {  // EOF, or our own close() ended the read

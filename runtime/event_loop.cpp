@@ -309,8 +309,26 @@ void event_loop::shutdown() {
     }
     stopping_ = true;
     if (wake_armed_) cancel_io(&wake_req_);
-    while (inflight_ > 0 || !ready_.empty()) {
+    // Every task is done; what is still in flight or queued belongs to no one who will wait for
+    // it (a background flush to a peer that does not read, say). Cancel all of it, repeatedly
+    // if completions queue more, so that the loop can end.
+    bool cancel_any_pending = false;
+    struct flag_request : detail::io_request {
+        bool* flag;
+    } req;
+    req.flag = &cancel_any_pending;
+    req.prep = [](detail::io_request*, io_uring_sqe* sqe) noexcept {
+        io_uring_prep_cancel(sqe, nullptr, IORING_ASYNC_CANCEL_ANY);
+    };
+    req.complete = [](detail::io_request* r, int, std::uint32_t) noexcept { *static_cast<flag_request*>(r)->flag = false; };
+    while (inflight_ > 0 || !ready_.empty() || !overflow_.empty()) {
+        while (detail::io_request* r = overflow_.pop_front()) r->complete(r, -ECANCELED, 0);
+        if (inflight_ > 0 && !cancel_any_pending) {
+            cancel_any_pending = true;
+            push_sqe(&req);
+        }
         run_ready();
+        while (detail::io_request* r = overflow_.pop_front()) r->complete(r, -ECANCELED, 0);
         wait_for_completions(ready_.empty() && inflight_ > 0);
     }
     if (inbox_ready_ || inbox_.load()) drain_inbox();
