@@ -42,6 +42,7 @@ struct remote_item {
 };
 
 class ring;
+class buffer_ring;
 
 }  // namespace detail
 
@@ -130,11 +131,15 @@ public:
     /// Posts an item from any thread; it runs on the loop thread.
     void post(detail::remote_item* item) noexcept;
 
+    /// A buffer group id not yet used on this loop (for detail::buffer_ring).
+    [[nodiscard]] std::uint16_t next_buffer_group() noexcept { return next_bgid_++; }
+
     /// Keeps signals blocked in this thread (for wait_signal) until the loop is destroyed.
     void block_signals(const void* sigset);
 
 private:
     friend class detail::task_base;
+    friend class detail::buffer_ring;
     friend void detail::defer_resume(std::coroutine_handle<>) noexcept;
     void task_finished() noexcept { --live_count_; }
 
@@ -173,6 +178,7 @@ private:
     detail::task_base* root_ = nullptr;  // run_until's goal; null while shutting down
     detail::clock::time_point now_;
     bool stopping_ = false;
+    std::uint16_t next_bgid_ = 0;
 
     // Wake-up from other threads: an eventfd read kept armed on the ring.
     int wake_fd_ = -1;

@@ -1,0 +1,47 @@
+#include "ringio/detail/buffer_ring.hpp"
+
+#include <sys/mman.h>
+
+#include <system_error>
+
+#include "ring.hpp"
+
+namespace ringio::detail {
+
+buffer_ring::buffer_ring(event_loop& loop, unsigned count, std::size_t size)
+    : loop_(loop), size_(size), count_(count), group_(loop.next_buffer_group()) {
+    if (count == 0 || (count & (count - 1)) != 0 || count > 32768)
+        throw std::invalid_argument("ringio: buffer ring size must be a power of two up to 32768");
+    ring_bytes_ = count * sizeof(io_uring_buf);
+    void* mem = ::mmap(nullptr, ring_bytes_, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    if (mem == MAP_FAILED) throw make_system_error(errno, "ringio: mmap for a buffer ring");
+    ring_ = static_cast<io_uring_buf_ring*>(mem);
+    io_uring_buf_reg reg{};
+    reg.ring_addr = reinterpret_cast<std::uint64_t>(mem);
+    reg.ring_entries = count;
+    reg.bgid = group_;
+    int rc = io_uring_register_buf_ring(&loop.ring_->raw, &reg, 0);
+    if (rc < 0) {
+        ::munmap(mem, ring_bytes_);
+        throw make_system_error(-rc, "ringio: io_uring_register_buf_ring");
+    }
+    io_uring_buf_ring_init(ring_);
+    data_ = std::make_unique_for_overwrite<std::byte[]>(count * size);
+    int mask = io_uring_buf_ring_mask(count);
+    for (unsigned i = 0; i < count; ++i)
+        io_uring_buf_ring_add(ring_, buffer(static_cast<std::uint16_t>(i)), static_cast<unsigned>(size),
+                              static_cast<unsigned short>(i), mask, static_cast<int>(i));
+    io_uring_buf_ring_advance(ring_, static_cast<int>(count));
+}
+
+buffer_ring::~buffer_ring() {
+    io_uring_unregister_buf_ring(&loop_.ring_->raw, group_);
+    ::munmap(ring_, ring_bytes_);
+}
+
+void buffer_ring::recycle(std::uint16_t id) noexcept {
+    io_uring_buf_ring_add(ring_, buffer(id), static_cast<unsigned>(size_), id, io_uring_buf_ring_mask(count_), 0);
+    io_uring_buf_ring_advance(ring_, 1);
+}
+
+}  // namespace ringio::detail
