@@ -134,7 +134,6 @@ private:
 
     std::coroutine_handle<> drainer_;
     task_base* drain_task_ = nullptr;
-    bool drain_cancelled_ = false;
     event closed_event_;
 
     std::optional<endpoint> peer_;
