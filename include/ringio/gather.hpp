@@ -79,6 +79,19 @@ task<std::tuple<outcome<T>...>> gather_settled_impl(std::index_sequence<I...>, t
     co_return std::tuple<outcome<T>...>{take_outcome(std::get<I>(hs))...};
 }
 
+/// Starts every task; returns their handles and the Tasks for join_awaiter.
+template <class T>
+std::pair<std::vector<task_handle<T>>, std::vector<task_base*>> spawn_all(std::vector<task<T>>& ts) {
+    std::pair<std::vector<task_handle<T>>, std::vector<task_base*>> out;
+    out.first.reserve(ts.size());
+    out.second.reserve(ts.size());
+    for (auto& t : ts) {
+        out.first.push_back(create_task(std::move(t)));
+        out.second.push_back(out.first.back().base());
+    }
+    return out;
+}
+
 }  // namespace detail
 
 /// Runs the tasks concurrently and returns their values as a tuple (void -> std::monostate).
@@ -97,14 +110,7 @@ task<std::tuple<gather_value_t<T>...>> gather(task<T>... ts) {
 /// gather() over a range of tasks of one type: a vector of values in the input's order.
 template <class T>
 task<std::conditional_t<std::is_void_v<T>, void, std::vector<gather_value_t<T>>>> gather(std::vector<task<T>> ts) {
-    std::vector<task_handle<T>> hs;
-    std::vector<detail::task_base*> bases;
-    hs.reserve(ts.size());
-    bases.reserve(ts.size());
-    for (auto& t : ts) {
-        hs.push_back(create_task(std::move(t)));
-        bases.push_back(hs.back().base());
-    }
+    auto [hs, bases] = detail::spawn_all(ts);
     if (detail::task_base* failed = co_await detail::join_awaiter(bases, true))
         std::rethrow_exception(failed->promise().exception);
     if constexpr (!std::is_void_v<T>) {
@@ -125,14 +131,7 @@ task<std::tuple<outcome<T>...>> gather_settled(task<T>... ts) {
 /// gather_settled() over a range: a vector of outcomes in the input's order.
 template <class T>
 task<std::vector<outcome<T>>> gather_settled(std::vector<task<T>> ts) {
-    std::vector<task_handle<T>> hs;
-    std::vector<detail::task_base*> bases;
-    hs.reserve(ts.size());
-    bases.reserve(ts.size());
-    for (auto& t : ts) {
-        hs.push_back(create_task(std::move(t)));
-        bases.push_back(hs.back().base());
-    }
+    auto [hs, bases] = detail::spawn_all(ts);
     co_await detail::join_awaiter(bases, false);
     std::vector<outcome<T>> out;
     out.reserve(hs.size());
