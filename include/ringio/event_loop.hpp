@@ -197,6 +197,29 @@ private:
     std::atomic<int> posters_{0};  // threads inside post()
 };
 
+namespace detail {
+
+/// What every awaiter that parks a task keeps: the loop, the Task and the coroutine to resume.
+struct parking {
+    event_loop* loop = nullptr;
+    task_base* task = nullptr;
+    std::coroutine_handle<> handle;
+
+    /// Binds to the running loop and its current Task. Returns false, consuming it, when a
+    /// cancellation is pending: the awaiter then does not suspend and raises cancelled_error.
+    bool park(std::coroutine_handle<> h, bool cancellable = true) {
+        loop = &event_loop::running();
+        task = loop->current_task();
+        if (cancellable && task->take_cancel()) return false;
+        handle = h;
+        return true;
+    }
+    /// Queues the parked coroutine to run on a later pass.
+    void unpark() noexcept { loop->wake(task, handle); }
+};
+
+}  // namespace detail
+
 /// Runs `main` on a new event loop in this thread (asyncio.run). Returns its value or rethrows.
 ///
 ///   int main() { return ringio::run(amain()); }

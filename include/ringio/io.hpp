@@ -56,7 +56,7 @@ struct op_tracker {
 /// took effect, its result is returned (no data is lost) and the cancellation stays pending
 /// for the task's next suspension point; otherwise cancelled_error is thrown.
 template <class Prep>
-class io_awaiter : io_request, suspend_point {
+class io_awaiter : io_request, suspend_point, parking {
 public:
     explicit io_awaiter(Prep fill, bool cancellable = true, op_tracker* tracker = nullptr) noexcept(
         std::is_nothrow_move_constructible_v<Prep>)
@@ -65,46 +65,40 @@ public:
     bool await_ready() const noexcept { return false; }
 
     bool await_suspend(std::coroutine_handle<> h) {
-        loop_ = &event_loop::running();
-        task_ = loop_->current_task();
-        if (cancellable_ && task_->take_cancel()) {
+        if (!park(h, cancellable_)) {
             result_.res = -ECANCELED;
             cancelled_ = true;
             return false;
         }
-        h_ = h;
         io_request::prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
             static_cast<io_awaiter*>(r)->prep_fn_(sqe);
         };
         io_request::complete = [](io_request* r, int res, std::uint32_t flags) noexcept {
             auto* self = static_cast<io_awaiter*>(r);
             self->result_ = io_result{res, flags};
-            self->loop_->wake(self->task_, self->h_);
+            self->unpark();
             if (self->tracker_) self->tracker_->end();
         };
         on_cancel = [](suspend_point* sp) noexcept {
             auto* self = static_cast<io_awaiter*>(sp);
             self->cancel_sent_ = true;
-            self->loop_->cancel_io(self);
+            self->loop->cancel_io(self);
         };
         if (tracker_) tracker_->begin();
-        loop_->submit(this);
-        if (cancellable_) task_->suspended_at = this;
+        loop->submit(this);
+        if (cancellable_) task->suspended_at = this;
         return true;
     }
 
     io_result await_resume() {
         if (cancelled_) throw cancelled_error();
-        if (result_.res == -ECANCELED && cancel_sent_ && task_->take_cancel()) throw cancelled_error();
+        if (result_.res == -ECANCELED && cancel_sent_ && task->take_cancel()) throw cancelled_error();
         return result_;
     }
 
 private:
     Prep prep_fn_;
     op_tracker* tracker_;
-    event_loop* loop_ = nullptr;
-    task_base* task_ = nullptr;
-    std::coroutine_handle<> h_;
     io_result result_;
     bool cancellable_;
     bool cancelled_ = false;

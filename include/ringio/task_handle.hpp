@@ -76,36 +76,27 @@ private:
     }
 
     template <bool Rvalue>
-    struct awaiter : detail::done_waiter, detail::suspend_point {
+    struct awaiter : detail::done_waiter, detail::suspend_point, detail::parking {
         detail::task_base* target;
-        event_loop* loop = nullptr;
-        detail::task_base* self = nullptr;
-        std::coroutine_handle<> h;
 
         explicit awaiter(detail::task_base* t) noexcept : target(t) {}
 
         bool await_ready() const noexcept { return target->done(); }
         bool await_suspend(std::coroutine_handle<> caller) {
-            loop = &event_loop::running();
-            self = loop->current_task();
-            if (self && self->take_cancel()) {
+            if (!park(caller)) {
                 pending_cancel = true;
                 return false;
             }
-            h = caller;
-            notify = [](detail::done_waiter* w) noexcept {
-                auto* a = static_cast<awaiter*>(w);
-                a->loop->wake(a->self, a->h);
-            };
+            notify = [](detail::done_waiter* w) noexcept { static_cast<awaiter*>(w)->unpark(); };
             on_cancel = [](detail::suspend_point* sp) noexcept { static_cast<awaiter*>(sp)->target->cancel(); };
             target->add_done_waiter(this);
-            self->suspended_at = this;
+            task->suspended_at = this;
             return true;
         }
         decltype(auto) await_resume() {
             if (pending_cancel) throw cancelled_error();
             if (target->state() == detail::task_base::status::cancelled) {
-                if (self) self->take_cancel();
+                if (task) task->take_cancel();
                 target->mark_retrieved();
                 throw cancelled_error();
             }

@@ -13,7 +13,7 @@ using clock = detail::clock;
 
 namespace detail {
 
-class sleep_awaiter : timer_node, suspend_point {
+class sleep_awaiter : timer_node, suspend_point, parking {
 public:
     explicit sleep_awaiter(clock::time_point when, bool yield) noexcept : yield_(yield) {
         timer_node::deadline = when;
@@ -21,46 +21,37 @@ public:
 
     bool await_ready() const noexcept { return false; }
     bool await_suspend(std::coroutine_handle<> h) {
-        loop_ = &event_loop::running();
-        task_ = loop_->current_task();
-        if (task_->take_cancel()) {
+        if (!park(h)) {
             cancelled_ = true;
             return false;
         }
-        h_ = h;
         on_cancel = [](suspend_point* sp) noexcept {
             auto* self = static_cast<sleep_awaiter*>(sp);
-            self->loop_->remove_timer(self);
+            self->loop->remove_timer(self);
             self->cancelled_ = true;
-            self->loop_->wake(self->task_, self->h_);
+            self->unpark();
         };
         if (yield_) {
             // Behind every task that is ready now: they all run before this one again. Already
             // queued, so a cancel() meanwhile only marks the task; await_resume raises it.
-            loop_->wake(task_, h_);
+            unpark();
             return true;
         }
-        fire = [](timer_node* n) noexcept {
-            auto* self = static_cast<sleep_awaiter*>(n);
-            self->loop_->wake(self->task_, self->h_);
-        };
-        loop_->add_timer(this);
-        task_->suspended_at = this;
+        fire = [](timer_node* n) noexcept { static_cast<sleep_awaiter*>(n)->unpark(); };
+        loop->add_timer(this);
+        task->suspended_at = this;
         return true;
     }
     void await_resume() {
         // Nothing is lost by raising here even if the timer fired first: a sleep has no result.
-        if (cancelled_ || task_->take_cancel()) {
+        if (cancelled_ || task->take_cancel()) {
             cancelled_ = false;
-            task_->take_cancel();
+            task->take_cancel();
             throw cancelled_error();
         }
     }
 
 private:
-    event_loop* loop_ = nullptr;
-    task_base* task_ = nullptr;
-    std::coroutine_handle<> h_;
     bool yield_;
     bool cancelled_ = false;
 };

@@ -28,7 +28,7 @@ void pool_submit(pool_job* job);
 std::size_t pool_threads() noexcept;
 
 template <class F>
-class to_thread_awaiter : pool_job, remote_item, suspend_point {
+class to_thread_awaiter : pool_job, remote_item, suspend_point, parking {
 public:
     using result_type = std::invoke_result_t<F&>;
 
@@ -36,13 +36,10 @@ public:
 
     bool await_ready() const noexcept { return false; }
     bool await_suspend(std::coroutine_handle<> h) {
-        loop_ = &event_loop::running();
-        task_ = loop_->current_task();
-        if (task_->take_cancel()) {
+        if (!park(h)) {
             cancelled_ = true;
             return false;
         }
-        h_ = h;
         pool_job::run = [](pool_job* j) noexcept {
             auto* self = static_cast<to_thread_awaiter*>(j);
             try {
@@ -55,22 +52,22 @@ public:
             } catch (...) {
                 self->error_ = std::current_exception();
             }
-            self->loop_->post(self);  // last touch of *self on the worker thread
+            self->loop->post(self);  // last touch of *self on the worker thread
         };
         remote_item::run = [](remote_item* r, bool live) noexcept {
             auto* self = static_cast<to_thread_awaiter*>(r);
-            if (live) self->loop_->wake(self->task_, self->h_);
+            if (live) self->unpark();
         };
         // The function cannot be interrupted: a cancel() only marks the task, and the
         // cancellation is raised when the function has returned.
         on_cancel = [](suspend_point* sp) noexcept { static_cast<to_thread_awaiter*>(sp)->cancel_seen_ = true; };
         pool_submit(this);
-        task_->suspended_at = this;
+        task->suspended_at = this;
         return true;
     }
 
     result_type await_resume() {
-        if (cancelled_ || (cancel_seen_ && task_->take_cancel())) throw cancelled_error();
+        if (cancelled_ || (cancel_seen_ && task->take_cancel())) throw cancelled_error();
         if (error_) std::rethrow_exception(error_);
         if constexpr (!std::is_void_v<result_type>) return std::move(*value_);
     }
@@ -78,9 +75,6 @@ public:
 private:
     using stored = std::conditional_t<std::is_void_v<result_type>, bool, result_type>;
     F fn_;
-    event_loop* loop_ = nullptr;
-    task_base* task_ = nullptr;
-    std::coroutine_handle<> h_;
     std::optional<std::conditional_t<std::is_void_v<result_type>, std::monostate, stored>> value_;
     std::exception_ptr error_;
     bool cancelled_ = false;

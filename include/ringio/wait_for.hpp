@@ -148,7 +148,7 @@ task<T> timeout_at(clock::time_point deadline, task<T> body) {
 namespace detail {
 
 /// Waits for `target` but does not pass the waiter's cancellation on to it.
-class shield_awaiter : done_waiter, suspend_point {
+class shield_awaiter : done_waiter, suspend_point, parking {
 public:
     explicit shield_awaiter(task_base* target) noexcept : target_(target) {}
     shield_awaiter(const shield_awaiter&) = delete;
@@ -156,30 +156,24 @@ public:
 
     bool await_ready() const noexcept { return target_->done(); }
     bool await_suspend(std::coroutine_handle<> h) {
-        loop_ = &event_loop::running();
-        self_ = loop_->current_task();
-        if (self_->take_cancel()) {
+        if (!park(h)) {
             cancelled_ = true;
             return false;
         }
-        h_ = h;
-        notify = [](done_waiter* w) noexcept {
-            auto* a = static_cast<shield_awaiter*>(w);
-            a->loop_->wake(a->self_, a->h_);
-        };
+        notify = [](done_waiter* w) noexcept { static_cast<shield_awaiter*>(w)->unpark(); };
         on_cancel = [](suspend_point* sp) noexcept {
             auto* a = static_cast<shield_awaiter*>(sp);
             task_base::remove_done_waiter(a);
             a->cancelled_ = true;
-            a->loop_->wake(a->self_, a->h_);
+            a->unpark();
         };
         target_->add_done_waiter(this);
-        self_->suspended_at = this;
+        task->suspended_at = this;
         return true;
     }
     void await_resume() {
         if (cancelled_) {
-            self_->take_cancel();
+            task->take_cancel();
             throw cancelled_error();
         }
         if (target_->state() == task_base::status::cancelled) {
@@ -190,9 +184,6 @@ public:
 
 private:
     task_base* target_;
-    event_loop* loop_ = nullptr;
-    task_base* self_ = nullptr;
-    std::coroutine_handle<> h_;
     bool cancelled_ = false;
 };
 

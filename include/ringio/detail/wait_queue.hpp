@@ -13,30 +13,24 @@ namespace ringio::detail {
 
 class wait_queue;
 
-struct waiter : list_node, suspend_point {
-    event_loop* loop = nullptr;
-    task_base* task = nullptr;
-    std::coroutine_handle<> h;
+struct waiter : list_node, suspend_point, parking {
     bool granted = false;
     bool cancelled = false;
 
     /// Parks the current task on q. Returns false (no suspension, cancelled = true) when a
     /// cancellation is already pending, so the awaiter raises it at once.
-    bool park(intrusive_list<waiter>& q, std::coroutine_handle<> handle, bool cancellable = true) {
-        loop = &event_loop::running();
-        task = loop->current_task();
-        if (cancellable && task->take_cancel()) {
+    bool park(intrusive_list<waiter>& q, std::coroutine_handle<> h, bool cancellable = true) {
+        if (!parking::park(h, cancellable)) {
             cancelled = true;
             return false;
         }
-        h = handle;
         q.push_back(this);
         if (cancellable) {
             on_cancel = [](suspend_point* sp) noexcept {
                 auto* w = static_cast<waiter*>(sp);
                 intrusive_list<waiter>::erase(w);
                 w->cancelled = true;
-                w->loop->wake(w->task, w->h);
+                w->unpark();
             };
             task->suspended_at = this;
         }
@@ -47,7 +41,7 @@ struct waiter : list_node, suspend_point {
     void grant() noexcept {
         intrusive_list<waiter>::erase(this);
         granted = true;
-        loop->wake(task, h);
+        unpark();
     }
 
     /// In await_resume: raises the cancellation that removed this waiter.
