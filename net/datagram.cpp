@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <sys/un.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -13,6 +14,8 @@
 
 #include "ringio/detail/buffer_ring.hpp"
 #include "ringio/detail/intrusive_list.hpp"
+#include "ringio/event.hpp"
+#include "ringio/mutex.hpp"
 
 namespace ringio {
 namespace detail {
@@ -35,8 +38,32 @@ public:
     ~datagram_state() = default;
 
     socket sock;
+    int family = AF_INET;
     std::optional<endpoint> remote;
     bool closing = false;
+    mutex recv_turn;  // one recvmsg in flight at a time without multishot: receivers in FIFO order
+    // Tasks inside recv_from. The state is freed only when none is left (they hold references
+    // to it) and no operation is in flight.
+    std::size_t receivers = 0;
+    bool orphaned = false;  // the endpoint object is gone: free when idle
+    event receivers_gone;
+
+    /// Frees an orphaned state once nothing refers to it any more.
+    void maybe_free() noexcept {
+        if (orphaned && receivers == 0 && sock.in_flight() == 0) delete this;
+    }
+
+    /// Who sent a datagram that came without an address: the peer of a connected endpoint, or
+    /// an unbound Unix socket (an unnamed Unix endpoint).
+    [[nodiscard]] endpoint nameless_sender() const {
+        if (remote) return *remote;
+        if (family == AF_UNIX) {
+            sockaddr_un sa{};
+            sa.sun_family = AF_UNIX;
+            return endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&sa), sizeof(sa_family_t));
+        }
+        return endpoint{};
+    }
 
     // ---- the multishot receive (when enabled) ----
     std::unique_ptr<buffer_ring> ring;
@@ -95,14 +122,12 @@ public:
             w->result.size = n;
             // payloadlen is the datagram's real size, even when it did not fit.
             w->result.truncated = (out->flags & MSG_TRUNC) || out->payloadlen > w->buf.size();
-            if (out->namelen > 0) {
-                try {
-                    w->result.sender = endpoint::from_sockaddr(static_cast<sockaddr*>(io_uring_recvmsg_name(out)),
-                                                               std::min<socklen_t>(out->namelen, ms_hdr.msg_namelen));
-                } catch (const std::exception&) {
-                }
-            } else if (remote) {
-                w->result.sender = *remote;
+            try {
+                w->result.sender = out->namelen > 0
+                                       ? endpoint::from_sockaddr(static_cast<sockaddr*>(io_uring_recvmsg_name(out)),
+                                                                 std::min<socklen_t>(out->namelen, ms_hdr.msg_namelen))
+                                       : nameless_sender();
+            } catch (const std::exception&) {
             }
         }
         ring->recycle(bid);
@@ -139,9 +164,10 @@ public:
         }
         if (!more) {
             armed = false;
-            // Out of buffers (ENOBUFS): re-armed when a receive gives one back. Otherwise
-            // re-arm at once while someone waits.
-            if (res != -ENOBUFS && !waiters.empty() && !closing && pending_error == 0) arm();
+            // Re-arm at once while someone waits. After ENOBUFS too: with a waiter present no
+            // datagram is queued, so every buffer is back in the ring. Without one, the next
+            // receive (or a buffer given back) re-arms.
+            if (!waiters.empty() && !closing && pending_error == 0) arm();
             sock.state_ptr()->end();  // last: may run the socket's idle hook
         }
     }
@@ -220,12 +246,14 @@ datagram_endpoint::~datagram_endpoint() {
     detail::datagram_state* st = st_.get();
     st->closing = true;
     st->close_waiters();
-    if (st->sock.in_flight() == 0) return;  // the socket closes with the state
-    // Operations in flight (the multishot receive): cancel them and free the state (with its
-    // buffer ring) when the last one has completed.
+    if (st->sock.in_flight() == 0 && st->receivers == 0) return;  // the socket closes with the state
+    // Operations in flight (the multishot receive) or receivers still unwinding: cancel what is
+    // in flight and free the state (with its buffer ring) when the last of them is done.
+    st_.release();
+    st->orphaned = true;
     detail::socket_state* ss = st->sock.state_ptr();
-    ss->idle_ctx = st_.release();
-    ss->idle_hook = [](void* p) noexcept { delete static_cast<detail::datagram_state*>(p); };
+    ss->idle_ctx = st;
+    ss->idle_hook = [](void* p) noexcept { static_cast<detail::datagram_state*>(p)->maybe_free(); };
     if (st->armed) st->loop->cancel_io(&st->recv_req);
     ss->cancel_all();
 }
@@ -263,12 +291,25 @@ task<> datagram_endpoint::send(std::span<const std::byte> data) {
 
 task<datagram> datagram_endpoint::recv_from(std::span<std::byte> buf) {
     detail::datagram_state& st = need(st_);
+    struct receiver_scope {
+        detail::datagram_state& s;
+        explicit receiver_scope(detail::datagram_state& d) : s(d) { ++s.receivers; }
+        ~receiver_scope() {
+            if (--s.receivers == 0) {
+                s.receivers_gone.set();
+                s.maybe_free();  // last: may free the state
+            }
+        }
+    } scope(st);
     if (st.ring) {
         detail::recv_awaiter a{&st, {}};
         a.w.buf = buf;
         co_return co_await a;
     }
-    // One recvmsg straight into the caller's buffer.
+    // One recvmsg straight into the caller's buffer; receivers take turns in arrival order (the
+    // kernel would wake several pending receives in no particular order).
+    mutex_guard turn = co_await st.recv_turn.scoped_lock();
+    if (st.closing) detail::throw_errno(EBADF, "ringio: datagram endpoint closed");
     datagram d;
     iovec iov{buf.data(), buf.size()};
     msghdr msg{};
@@ -286,7 +327,7 @@ task<datagram> datagram_endpoint::recv_from(std::span<std::byte> buf) {
     d.truncated = (msg.msg_flags & MSG_TRUNC) || r.value() > buf.size();
     d.size = std::min(r.value(), buf.size());
     d.sender.resize(msg.msg_namelen);
-    if (msg.msg_namelen == 0 && st.remote) d.sender = *st.remote;
+    if (msg.msg_namelen == 0) d.sender = st.nameless_sender();
     co_return d;
 }
 
@@ -303,6 +344,7 @@ task<> datagram_endpoint::close() {
     st->close_waiters();
     if (st->armed) st->loop->cancel_io(&st->recv_req);
     co_await st->sock.close();  // cancels the rest and waits for every completion
+    if (st->receivers > 0) co_await st->receivers_gone.wait();  // they hold references to *st
     st_.reset();
 }
 
@@ -413,6 +455,7 @@ task<datagram_endpoint> create_datagram_endpoint(std::optional<endpoint> local, 
     if (local) s.bind(*local);
     if (remote) co_await s.connect(*remote);
     auto st = std::make_unique<detail::datagram_state>(std::move(s));
+    st->family = family;
     st->remote = remote;
     event_loop& loop = event_loop::running();
     if (options.multishot && loop.features().recv_multishot && loop.features().buf_ring) {
