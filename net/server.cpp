@@ -1,5 +1,6 @@
 #include "ringio/server.hpp"
 
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -82,7 +83,7 @@ task<> run_connection(std::shared_ptr<server_state> st, int fd) {
         } catch (const std::system_error&) {
         }
     }
-    auto [reader, writer] = make_streams(std::move(s), st->options.limit, std::nullopt);
+    auto [reader, writer] = make_streams(std::move(s), st->options.limit);
     // Our own reference to the shared stream state, for close_clients()/abort_clients().
     struct stream_ref {
         stream_state* p;
@@ -274,7 +275,12 @@ void server::close() {
     st_->closing = true;
     for (auto& l : st_->listeners) {
         detail::socket_state* ss = l->sock.state_ptr();
-        if (ss && ss->inflight > 0) ss->cancel_all();
+        if (!ss) continue;
+        // shutdown(2) takes a listening socket out of LISTEN at once, so connections attempted
+        // from now on are refused (as after asyncio's close); the fd itself is closed once the
+        // accept in flight has completed (no fd-reuse race).
+        ::shutdown(ss->fd, SHUT_RDWR);
+        if (ss->inflight > 0) ss->cancel_all();
         l->wake();
     }
     if (!st_->unix_path.empty() && st_->unix_path[0] != '@') ::unlink(st_->unix_path.c_str());

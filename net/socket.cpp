@@ -79,6 +79,7 @@ int socket::release() noexcept {
 
 detail::socket_state* socket::state() const {
     if (!st_) throw invalid_state_error("ringio: operation on a closed socket");
+    if (st_->closing) throw make_system_error(EBADF, "ringio: operation on a socket being closed");
     st_->loop = event_loop::current();
     return st_;
 }
@@ -191,8 +192,13 @@ task<> socket::shutdown(int how) {
 }
 
 task<> socket::close() {
-    if (!st_) co_return;
-    detail::socket_state* s = state();
+    detail::socket_state* s = st_;
+    if (!s) co_return;
+    if (s->closing) {  // another task is closing it: wait for the same end
+        co_await s->closed.wait();
+        co_return;
+    }
+    s->closing = true;
     if (s->inflight > 0) {
         s->cancel_all();
         s->idle_task = s->loop->current_task();
@@ -207,6 +213,7 @@ task<> socket::close() {
     }
     st_ = nullptr;
     s->close_now();
+    s->closed.set();  // wakes concurrent closers; they no longer touch s
     delete s;
 }
 

@@ -64,6 +64,12 @@ stream_state::stream_state(socket s, std::size_t lim) : sock(std::move(s)), limi
     socket_state* ss = sock.state_ptr();
     ss->idle_hook = &stream_state::on_socket_idle;
     ss->idle_ctx = this;
+    // Recorded now: after a reset or a close, getpeername can no longer tell, and error
+    // messages and peername() must still name the peer.
+    try {
+        peer_ = sock.remote_endpoint();
+    } catch (const std::system_error&) {
+    }
 }
 
 void stream_state::release() noexcept {
@@ -75,12 +81,6 @@ void stream_state::release() noexcept {
 }
 
 const endpoint& stream_state::peer() {
-    if (!peer_ && sock.valid()) {
-        try {
-            peer_ = sock.remote_endpoint();
-        } catch (const std::system_error&) {
-        }
-    }
     static const endpoint unknown;
     return peer_ ? *peer_ : unknown;
 }
@@ -364,39 +364,81 @@ task<std::size_t> stream_reader::read_some(std::span<std::byte> buf) {
 task<std::string> stream_reader::read_exactly(std::size_t n) {
     read_guard g(s_);
     detail::byte_buffer& b = s_->rbuf;
-    std::string out = take(b, n);
-    if (out.size() < n && n - out.size() >= detail::direct_threshold) {
-        std::size_t have = out.size();
-        out.resize(n);
-        while (have < n) {
-            std::size_t got = co_await s_->recv_into(std::as_writable_bytes(std::span(out)).subspan(have));
-            if (got == 0) {
-                out.resize(have);
-                throw incomplete_read_error(std::move(out), n);
+    if (b.size() < n && n - b.size() >= detail::direct_threshold) {
+        // Large: the rest goes straight into the result. If this is cancelled or fails, what
+        // was read goes back into the buffer: nothing is lost.
+        std::string out(n, '\0');
+        std::size_t have = b.size();
+        if (have > 0) std::memcpy(out.data(), b.data(), have);
+        b.consume(have);
+        auto dest = std::as_writable_bytes(std::span(out));
+        std::exception_ptr failure;
+        try {
+            while (have < n) {
+                std::size_t got = co_await s_->recv_into(dest.subspan(have));
+                if (got == 0) break;
+                have += got;
             }
-            have += got;
+        } catch (...) {
+            failure = std::current_exception();
+        }
+        if (failure) {
+            s_->unread(dest.first(have));
+            std::rethrow_exception(failure);
+        }
+        if (have < n) {
+            out.resize(have);
+            throw incomplete_read_error(std::move(out), n);
         }
         co_return out;
     }
-    while (out.size() < n) {
-        if (!co_await s_->fill(n - out.size())) throw incomplete_read_error(std::move(out), n);
-        out += take(b, n - out.size());
+    // Small: gather in the buffer, take when complete (a cancellation leaves it all there).
+    while (b.size() < n) {
+        if (!co_await s_->fill(n - b.size())) {
+            std::string partial(b.view());
+            b.clear();
+            throw incomplete_read_error(std::move(partial), n);
+        }
     }
-    co_return out;
+    co_return take(b, n);
 }
 
 task<> stream_reader::read_exactly(std::span<std::byte> buf) {
     read_guard g(s_);
     detail::byte_buffer& b = s_->rbuf;
-    std::size_t have = std::min(buf.size(), b.size());
-    std::memcpy(buf.data(), b.data(), have);
-    b.consume(have);
-    while (have < buf.size()) {
-        std::size_t got = co_await s_->recv_into(buf.subspan(have));
-        if (got == 0)
-            throw incomplete_read_error(std::string(reinterpret_cast<const char*>(buf.data()), have), buf.size());
-        have += got;
+    if (buf.size() - std::min(buf.size(), b.size()) < detail::direct_threshold) {
+        // Small: gather in the buffer (where a cancellation leaves it), copy when complete.
+        while (b.size() < buf.size()) {
+            if (!co_await s_->fill(buf.size() - b.size())) {
+                std::string partial(b.view());
+                b.clear();
+                throw incomplete_read_error(std::move(partial), buf.size());
+            }
+        }
+        if (!buf.empty()) std::memcpy(buf.data(), b.data(), buf.size());
+        b.consume(buf.size());
+        co_return;
     }
+    // Large: straight into the caller's memory; on failure what was read goes back.
+    std::size_t have = std::min(buf.size(), b.size());
+    if (have > 0) std::memcpy(buf.data(), b.data(), have);
+    b.consume(have);
+    std::exception_ptr failure;
+    try {
+        while (have < buf.size()) {
+            std::size_t got = co_await s_->recv_into(buf.subspan(have));
+            if (got == 0) break;
+            have += got;
+        }
+    } catch (...) {
+        failure = std::current_exception();
+    }
+    if (failure) {  // cancelled or failed: what was read goes back, nothing is lost
+        s_->unread(buf.first(have));
+        std::rethrow_exception(failure);
+    }
+    if (have < buf.size())
+        throw incomplete_read_error(std::string(reinterpret_cast<const char*>(buf.data()), have), buf.size());
 }
 
 task<std::string> stream_reader::read_until(std::string_view separator) {
@@ -468,13 +510,11 @@ socket& stream_writer::transport() const { return need(s_)->sock; }
 // ---- construction ----
 
 std::pair<stream_reader, stream_writer> make_streams(socket connected, stream_options options) {
-    return detail::make_streams(std::move(connected), options.limit, std::nullopt);
+    return detail::make_streams(std::move(connected), options.limit);
 }
 
-std::pair<stream_reader, stream_writer> detail::make_streams(socket connected, std::size_t limit,
-                                                             std::optional<endpoint> peer) {
+std::pair<stream_reader, stream_writer> detail::make_streams(socket connected, std::size_t limit) {
     auto* st = new detail::stream_state(std::move(connected), limit);
-    st->set_peer(std::move(peer));
     st->add_ref();
     st->add_ref();
     return {stream_reader(st), stream_writer(st)};

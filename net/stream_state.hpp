@@ -46,6 +46,24 @@ public:
     }
     void commit(std::size_t n) noexcept { end_ += n; }
 
+    /// Inserts data in front of what is buffered.
+    void prepend(std::span<const std::byte> data) {
+        if (data.empty()) return;
+        if (begin_ >= data.size()) {
+            begin_ -= data.size();
+            std::memcpy(data_.get() + begin_, data.data(), data.size());
+            return;
+        }
+        std::size_t total = data.size() + size();
+        auto bigger = std::make_unique_for_overwrite<std::byte[]>(std::max(total, cap_));
+        std::memcpy(bigger.get(), data.data(), data.size());
+        if (!empty()) std::memcpy(bigger.get() + data.size(), this->data(), size());
+        cap_ = std::max(total, cap_);
+        data_ = std::move(bigger);
+        begin_ = 0;
+        end_ = total;
+    }
+
     /// Frees the memory of an empty buffer that grew large.
     void trim(std::size_t keep) noexcept {
         if (empty() && cap_ > keep) {
@@ -89,7 +107,8 @@ public:
     [[nodiscard]] std::size_t write_buffered() const noexcept { return pending_.size() + sending_.size() - send_off_; }
 
     [[nodiscard]] const endpoint& peer();
-    void set_peer(std::optional<endpoint> p) { peer_ = std::move(p); }
+    /// Puts bytes a cancelled read had taken back in front of the buffer.
+    void unread(std::span<const std::byte> data) { rbuf.prepend(data); }
     [[nodiscard]] const endpoint& local();
     [[nodiscard]] std::system_error io_error(int err, const char* what);
 
@@ -144,7 +163,6 @@ struct stream_access {
     static stream_state* state(const stream_writer& w) noexcept { return w.s_; }
 };
 
-/// make_streams() for a socket whose peer is already known (from accept).
-std::pair<stream_reader, stream_writer> make_streams(socket connected, std::size_t limit, std::optional<endpoint> peer);
+std::pair<stream_reader, stream_writer> make_streams(socket connected, std::size_t limit);
 
 }  // namespace ringio::detail

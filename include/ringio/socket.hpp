@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "ringio/endpoint.hpp"
+#include "ringio/event.hpp"
 #include "ringio/io.hpp"
 #include "ringio/task.hpp"
 
@@ -30,7 +31,9 @@ struct socket_state : op_tracker {
     int fd = -1;
     event_loop* loop = nullptr;  // where operations were last submitted
     bool orphaned = false;       // the owning socket is gone: close when idle
+    bool closing = false;        // close() has begun: no new operation may start
     bool cancel_sent = false;
+    event closed;                // set when close() has closed the fd (for concurrent closers)
     std::coroutine_handle<> idle_waiter;
     task_base* idle_task = nullptr;
     void (*idle_hook)(void*) noexcept = nullptr;  // called last when inflight drops to 0; may free *this
@@ -124,7 +127,9 @@ public:
     task<std::size_t> sendmsg(const msghdr& msg, int flags = 0);
     /// shutdown(2): SHUT_RD, SHUT_WR or SHUT_RDWR.
     task<> shutdown(int how);
-    /// Cancels what is in flight, waits for it, then closes the fd. Idempotent.
+    /// Cancels what is in flight, waits for it, then closes the fd. Operations started after
+    /// close() began throw std::system_error(EBADF). Idempotent; concurrent calls all return
+    /// once the fd is closed. Not a cancellation point: the fd is always closed.
     task<> close();
 
     /// The raw awaitable for an operation on this socket, tracked so close() waits for it.
