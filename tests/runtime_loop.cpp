@@ -111,3 +111,90 @@ TEST_CASE("loops on several threads run independently") {
     for (auto& th : threads) th.join();
     CHECK(sum.load() == 0 + 1 + 2 + 3);
 }
+
+// ---- io_uring blocked, as Docker's default seccomp profile does ----
+
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#include <cstddef>
+
+namespace {
+
+#if defined(__x86_64__)
+constexpr unsigned native_arch = AUDIT_ARCH_X86_64;
+#elif defined(__aarch64__)
+constexpr unsigned native_arch = AUDIT_ARCH_AARCH64;
+#else
+constexpr unsigned native_arch = 0;
+#endif
+
+/// In this (child) process, makes io_uring_setup fail with EPERM like a container's seccomp
+/// profile. Returns false if the filter could not be installed.
+bool block_io_uring_setup() {
+    sock_filter code[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, native_arch, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    sock_fprog prog{static_cast<unsigned short>(sizeof code / sizeof code[0]), code};
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return false;
+    return ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0;
+}
+
+}  // namespace
+
+TEST_CASE("io_uring blocked by seccomp: a system_error that names the cause, and the tests skip with 77") {
+    if (native_arch == 0) {
+        MESSAGE("no seccomp arch constant for this machine: skipped");
+        return;
+    }
+    int pipefd[2];
+    REQUIRE(::pipe(pipefd) == 0);
+    pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        ::close(pipefd[0]);
+        if (!block_io_uring_setup()) ::_exit(3);
+        std::string what = "no exception";
+        int code = 0;
+        try {
+            ringio::event_loop loop;
+        } catch (const std::system_error& e) {
+            what = e.what();
+            code = e.code().value();
+        }
+        std::string msg = std::to_string(code) + " " + what;
+        [[maybe_unused]] auto n = ::write(pipefd[1], msg.data(), msg.size());
+        ::close(pipefd[1]);
+        // The test binary itself: its main must notice and exit 77 (CTest's skip), not crash.
+        char self[] = "/proc/self/exe";
+        char filter[] = "--test-case=nothing-at-all";
+        char* argv[] = {self, filter, nullptr};
+        ::execv(self, argv);
+        ::_exit(4);
+    }
+    ::close(pipefd[1]);
+    std::string got;
+    char buf[512];
+    for (ssize_t n; (n = ::read(pipefd[0], buf, sizeof buf)) > 0;) got.append(buf, static_cast<std::size_t>(n));
+    ::close(pipefd[0]);
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    REQUIRE(WIFEXITED(status));
+    if (WEXITSTATUS(status) == 3) {
+        MESSAGE("could not install a seccomp filter here: skipped");
+        return;
+    }
+    CHECK(got.rfind(std::to_string(EPERM) + " ", 0) == 0);
+    CHECK(got.find("seccomp") != std::string::npos);
+    CHECK(WEXITSTATUS(status) == 77);
+}
