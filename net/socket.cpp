@@ -84,7 +84,12 @@ detail::socket_state* socket::state() const {
     return st_;
 }
 
-void socket::fail(int err, const char* what) const { throw make_system_error(err, fmt::format("ringio: {}", what)); }
+void socket::fail(int err, const char* what) const {
+    // An operation ended by close() in another task (IORING_ASYNC_CANCEL_FD) reports EBADF,
+    // the same as one started after the close; the task's own cancellation never gets here.
+    if (err == ECANCELED) throw make_system_error(EBADF, fmt::format("ringio: {}: socket closed", what));
+    throw make_system_error(err, fmt::format("ringio: {}", what));
+}
 
 void socket::set_option_raw(int level, int name, const void* value, socklen_t size) {
     if (::setsockopt(state()->fd, level, name, value, size) != 0) fail(errno, "setsockopt");

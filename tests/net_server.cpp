@@ -322,10 +322,7 @@ TEST_CASE("after close() no new connection reaches a handler; after wait_closed(
     CHECK(test::open_fds() == fds);
 }
 
-// BUG: server::close() leaves the listening sockets open (in the kernel's LISTEN state) until
-// the cancelled accept completes, so a connect made right after close() is accepted by the
-// kernel and then dropped, instead of being refused as after asyncio's Server.close().
-TEST_CASE("a connection attempted right after close() is refused" * doctest::skip()) {
+TEST_CASE("a connection attempted right after close() is refused") {
     run_bounded([]() -> ringio::task<> {
         int handled = 0;
         auto srv = co_await ringio::start_server(

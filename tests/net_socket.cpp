@@ -407,7 +407,7 @@ TEST_CASE("close() while a recv is in flight in another task: the recv ends, the
         CHECK_FALSE(srv.valid());
         CHECK_FALSE(fd_open(fd));
         int outcome = co_await reader;
-        CHECK((outcome == 0 || outcome == -ECANCELED));
+        CHECK((outcome == 0 || outcome == -EBADF));  // EOF (shutdown fallback) or "socket closed"
         CHECK(fd_open_when_recv_ended);
         // The peer sees the close.
         std::array<std::byte, 16> buf{};
@@ -416,11 +416,7 @@ TEST_CASE("close() while a recv is in flight in another task: the recv ends, the
     CHECK(test::open_fds() == fds);
 }
 
-// BUG: socket::close() keeps a single idle waiter; a second close() while the first still waits
-// for the in-flight operations overwrites it, and the first closer is never resumed. (While the
-// bug is there, this test reports the failure and then hangs in run(), which waits for the
-// closer that nobody resumes; CTest's timeout ends it.)
-TEST_CASE("two tasks closing one socket while a recv is in flight both finish" * doctest::skip()) {
+TEST_CASE("two tasks closing one socket while a recv is in flight both finish") {
     std::size_t fds = test::open_fds();
     run_bounded([]() -> ringio::task<> {
         auto [cli, srv] = co_await connected_pair();
@@ -443,11 +439,7 @@ TEST_CASE("two tasks closing one socket while a recv is in flight both finish" *
     CHECK(test::open_fds() == fds);
 }
 
-// BUG: close() does not stop a send() loop: the send cancelled by close() completes with the
-// bytes it had sent (io_uring reports the partial count), send() goes on with a new send_some()
-// on the closing socket, and close() then frees the socket state and closes the fd under that
-// operation (heap-use-after-free in op_tracker::end(), fd-reuse race).
-TEST_CASE("close() ends a send() blocked in another task" * doctest::skip()) {
+TEST_CASE("close() ends a send() blocked in another task") {
     std::size_t fds = test::open_fds();
     run_bounded([]() -> ringio::task<> {
         auto [cli, srv] = co_await connected_pair();
@@ -489,7 +481,7 @@ TEST_CASE("a socket replaced while a recv is in flight is closed once the recv e
         CHECK_FALSE(reader.done());
         srv = ringio::socket();  // the owner goes away; the fd lives until the recv completes
         int outcome = co_await reader;
-        CHECK((outcome == 0 || outcome == -ECANCELED));
+        CHECK((outcome == 0 || outcome == -EBADF));  // EOF (shutdown fallback) or "socket closed"
         std::array<std::byte, 16> buf{};
         CHECK(co_await cli.recv(buf) == 0);
     }());

@@ -914,9 +914,7 @@ int kernel_queued(const ringio::socket& s) {
     return n;
 }
 
-// BUG: read_exactly moves the bytes it has so far out of the reader's buffer into a local
-// string (or the caller's span) before waiting for more; cancelling it loses them.
-TEST_CASE("cancelling read_exactly with part of the data there loses nothing" * doctest::skip()) {
+TEST_CASE("cancelling read_exactly with part of the data there loses nothing") {
     std::size_t fds = test::open_fds();
     run_bounded([]() -> ringio::task<> {
         // 6 and 4 KiB: gathered in the buffer; 200 KiB: received straight into the result.
@@ -1147,10 +1145,7 @@ TEST_CASE("accepted connections have TCP_NODELAY on") {
     }());
 }
 
-// BUG: the peer's address is looked up lazily (getpeername) instead of being recorded when the
-// connection is made, so once the peer has reset (or the stream is closed) peername() is
-// 0.0.0.0:0 and error messages name "0.0.0.0:0" instead of the peer.
-TEST_CASE("the peer's address survives a reset and a close" * doctest::skip()) {
+TEST_CASE("the peer's address survives a reset and a close") {
     run_bounded([]() -> ringio::task<> {
         {  // client side: the error of a read names the server
             auto srv = co_await ringio::start_server(

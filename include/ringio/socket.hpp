@@ -127,8 +127,8 @@ public:
     task<std::size_t> sendmsg(const msghdr& msg, int flags = 0);
     /// shutdown(2): SHUT_RD, SHUT_WR or SHUT_RDWR.
     task<> shutdown(int how);
-    /// Cancels what is in flight, waits for it, then closes the fd. Operations started after
-    /// close() began throw std::system_error(EBADF). Idempotent; concurrent calls all return
+    /// Cancels what is in flight, waits for it, then closes the fd. The operations it ends, and
+    /// any started after close() began, throw std::system_error(EBADF). Idempotent; concurrent calls all return
     /// once the fd is closed. Not a cancellation point: the fd is always closed.
     task<> close();
 
