@@ -1,0 +1,264 @@
+// chat_server: every line a client sends goes to every other client.
+//
+//   chat_server [--host H] [--port P]        (defaults: 127.0.0.1, port 0 = any free port)
+//
+// Protocol, one line at a time (up to 64 KiB, the stream's default limit):
+//   TEXT          -> every other client receives "NAME: TEXT\n"
+//   /nick NAME    -> from now on the client is called NAME (at first it is its "ip:port")
+// A line longer than the limit gets "error: line too long\n" and the client is disconnected.
+//
+// A slow client never holds up the others: each client has a bounded queue of outgoing lines
+// and a task of its own that writes them to its socket. Broadcasting only appends to queues and
+// never waits; a client whose queue is full is disconnected (and logged on stderr).
+//
+// The first line on stdout is "listening on HOST:PORT". SIGINT or SIGTERM stop the server: it
+// stops accepting, closes every connection and exits with status 0 within a second.
+#include <ringio/ringio.hpp>
+
+#include <signal.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <array>
+#include <charconv>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+#include <fmt/format.h>
+
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr std::size_t max_queued_lines = 256;  // per client; beyond that it is too slow
+
+struct options {
+    std::string host = "127.0.0.1";
+    std::uint16_t port = 0;
+};
+
+[[noreturn]] void usage(std::string_view problem) {
+    fmt::print(stderr, "chat_server: {}\nusage: chat_server [--host HOST] [--port PORT]\n", problem);
+    std::exit(2);
+}
+
+options parse_args(int argc, char** argv) {
+    options o;
+    for (int i = 1; i < argc; ++i) {
+        std::string_view arg = argv[i];
+        if (arg == "--help" || arg == "-h") {
+            fmt::print("usage: chat_server [--host HOST] [--port PORT]\n");
+            std::exit(0);
+        }
+        if (arg != "--host" && arg != "--port") usage(fmt::format("unknown argument '{}'", arg));
+        if (i + 1 == argc) usage(fmt::format("{} needs a value", arg));
+        std::string_view value = argv[++i];
+        if (arg == "--host") {
+            if (value.empty()) usage("--host needs a non-empty value");
+            o.host = value;
+        } else {
+            auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), o.port);
+            if (ec != std::errc() || end != value.data() + value.size() || value.empty())
+                usage(fmt::format("--port wants a number from 0 to 65535, not '{}'", value));
+        }
+    }
+    return o;
+}
+
+// A connected client. Lives in its handler's frame; the room holds a pointer while it is in.
+struct client {
+    std::string name;
+    ringio::stream_writer& writer;
+    ringio::queue<std::string> outbox{max_queued_lines};
+    bool dropped = false;  // disconnected by the server: its queued lines are thrown away
+};
+
+// Everyone connected. One loop, one thread: no locking needed.
+std::vector<client*> room;
+
+// Makes the client's handler see EOF, so that it leaves the room and closes the connection
+// itself. TRICKY: other tasks never close() or abort() a client's stream directly, because a
+// read_line() that starts after the stream was closed spins instead of returning EOF (a ringio
+// bug, reported); shutting down the reading side of the socket ends every read cleanly.
+void stop_reading(client& c) {
+    ::shutdown(c.writer.transport().fd(), SHUT_RD);  // fd is -1 (a no-op) once it is closed
+}
+
+// Disconnects a client: what is queued for it is thrown away, and its handler resets the
+// connection.
+void drop(client& c) {
+    c.dropped = true;
+    c.outbox.shutdown(/*immediate=*/true);
+    stop_reading(c);
+}
+
+// Appends a line to every other client's queue. Never waits, so one slow client cannot stall
+// the sender or anyone else.
+void broadcast(const client& from, std::string_view text) {
+    std::string line = fmt::format("{}: {}\n", from.name, text);
+    for (client* c : room) {
+        if (c == &from || c->outbox.is_shutdown()) continue;  // leaving: it gets nothing more
+        try {
+            c->outbox.put_nowait(line);
+        } catch (const ringio::queue_full&) {
+            fmt::print(stderr, "chat_server: disconnecting {}: too slow, {} lines queued (queue full)\n", c->name,
+                       max_queued_lines);
+            drop(*c);
+        }
+    }
+}
+
+// The client's own writer: moves queued lines to its socket. Whatever is queued goes out in
+// one write, then drain() waits for this client's socket only.
+ringio::task<> send_queued_lines(client& c) {
+    try {
+        while (true) {
+            c.writer.write(co_await c.outbox.get());  // queue_shutdown once shut down and empty
+            while (!c.outbox.empty()) c.writer.write(c.outbox.get_nowait());
+            co_await c.writer.drain();
+        }
+    } catch (const ringio::queue_shutdown&) {
+        // The client is leaving and everything queued has been handed to the socket.
+    } catch (const std::system_error&) {
+        stop_reading(c);  // the peer is gone (reset): make sure the handler notices too
+    } catch (const ringio::invalid_state_error&) {
+        // The connection was closed under us (the server is shutting down).
+    }
+}
+
+// Reads lines and broadcasts them. Returns normally at EOF; throws limit_overrun_error for a
+// line longer than the limit, std::system_error if the connection fails.
+ringio::task<> relay_lines(ringio::stream_reader& reader, client& me) {
+    while (true) {
+        std::string line = co_await reader.read_line();
+        if (line.empty()) co_return;  // EOF (a last line without "\n" came before it)
+        if (line.back() == '\n') line.pop_back();
+        if (!line.empty() && line.back() == '\r') line.pop_back();  // telnet and nc -C send CRLF
+        if (line.starts_with("/nick ") && line.size() > 6)
+            me.name = line.substr(6);
+        else
+            broadcast(me, line);
+    }
+}
+
+// After "error: line too long", the client may still be sending the rest of its line. Closing a
+// socket with unread input makes the kernel send a reset, which can destroy the error line
+// before the client reads it, so first send EOF, then read and discard until the client closes
+// (bounded in time).
+ringio::task<> discard_input(ringio::stream_reader& reader) {
+    std::array<std::byte, 16384> sink;
+    std::size_t n = 1;
+    while (n > 0) n = co_await reader.read_some(sink);
+}
+
+ringio::task<> handle_client(ringio::stream_reader reader, ringio::stream_writer writer) {
+    client me{fmt::format("{}", writer.peername()), writer};
+    room.push_back(&me);
+    auto sender = ringio::create_task(send_queued_lines(me));
+
+    bool too_long = false;
+    std::exception_ptr failure;  // rethrown after the cleanup (a cancellation, for instance)
+    try {
+        co_await relay_lines(reader, me);
+    } catch (const ringio::limit_overrun_error&) {
+        too_long = true;
+    } catch (const std::system_error&) {
+        // The connection failed (reset by the peer): the client has left.
+    } catch (...) {
+        failure = std::current_exception();
+    }
+
+    std::erase(room, &me);  // no new lines for me from here on
+    if (me.dropped || failure) {
+        writer.abort();  // reset: nothing more is sent, and a sender stuck in drain() wakes up
+    } else if (too_long && !me.outbox.full() && !me.outbox.is_shutdown()) {
+        me.outbox.put_nowait("error: line too long\n");  // after what was already queued
+    }
+    me.outbox.shutdown();  // the sender writes what is queued, then ends
+    // TRICKY: the sender refers to `me` and `writer` in this frame, so it must end before this
+    // handler does. A client that stopped reading would keep it waiting, hence the bound.
+    try {
+        co_await ringio::wait_for(sender, 5s);
+    } catch (const ringio::timeout_error&) {
+        writer.abort();
+    }
+    if (too_long && !writer.is_closing()) {
+        writer.write_eof();
+        try {
+            co_await ringio::wait_for(discard_input(reader), 2s);
+        } catch (const ringio::timeout_error&) {  // timed out or reset: close all the same
+        } catch (const std::system_error&) {
+        }
+    }
+    if (failure) std::rethrow_exception(failure);
+    // Returning closes the connection after the buffered data is sent.
+}
+
+// True when the server's connections have all closed within `limit`.
+ringio::task<bool> closed_within(ringio::server& server, std::chrono::milliseconds limit) {
+    try {
+        co_await ringio::wait_for(server.wait_closed(), limit);
+        co_return true;
+    } catch (const ringio::timeout_error&) {
+        co_return false;
+    }
+}
+
+// Stops the server: no new connections, then a graceful close of the others (they read what
+// was queued for them, then EOF). Connections still open after a grace period (a client that
+// does not read) are reset, so the whole takes well under a second.
+ringio::task<> shut_down(ringio::server& server) {
+    server.close();
+    // Every handler sees EOF, leaves, lets its sender write what is queued, and closes.
+    for (client* c : room) {
+        c->outbox.shutdown();
+        stop_reading(*c);
+    }
+    // TRICKY: the results are named because GCC 12 miscompiles `if (co_await f()) co_return;`
+    // (the coroutine never starts).
+    bool closed = co_await closed_within(server, 400ms);
+    if (!closed) {
+        server.abort_clients();
+        closed = co_await closed_within(server, 200ms);
+    }
+    if (!closed) fmt::print(stderr, "chat_server: {} connections still open at exit\n", server.connections());
+}
+
+ringio::task<int> amain(options opt) {
+    ringio::server server = co_await ringio::start_server(handle_client, opt.host, opt.port);
+    // The contract with tests: this is the first line, flushed now (stdout is fully buffered
+    // when it is a pipe).
+    fmt::print("listening on {}\n", server.sockets().front().local_endpoint());
+    std::fflush(stdout);
+
+    int sig = co_await ringio::wait_signal({SIGINT, SIGTERM});
+    fmt::print(stderr, "chat_server: {}, shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    co_await shut_down(server);
+    co_return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    options opt = parse_args(argc, argv);  // exits with status 2 on bad arguments
+
+    // Block the signals before anything else: one that arrives before wait_signal() is called
+    // then stays pending instead of killing the process. (wait_signal reads them from a signalfd.)
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+    try {
+        return ringio::run(amain(opt));
+    } catch (const std::exception& e) {  // cannot listen (address in use, no io_uring, ...)
+        fmt::print(stderr, "chat_server: {}\n", e.what());
+        return 1;
+    }
+}
