@@ -104,8 +104,12 @@ void stream_state::begin_read() {
 }
 
 task<std::size_t> stream_state::recv_into(std::span<std::byte> buf) {
-    // After close() the stream reads nothing more (as asyncio's transport stops reading).
-    if (eof || closing) co_return 0;
+    // After close() the stream reads nothing more (as asyncio's transport stops reading): that
+    // is its EOF, so read_until/read_line end instead of asking again.
+    if (eof || closing) {
+        eof = true;
+        co_return 0;
+    }
     int fd = sock.fd();
     io_result r = co_await sock.op([&](io_uring_sqe* s) noexcept { io_uring_prep_recv(s, fd, buf.data(), buf.size(), 0); });
     if (r.res == 0 || (r.res == -ECANCELED && closing)) {  // EOF, or our own close() ended the read

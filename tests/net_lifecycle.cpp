@@ -53,3 +53,18 @@ TEST_CASE("run() returns even when a writer still holds data for a peer that nev
     }());
     CHECK(test::open_fds() == fds);
 }
+
+TEST_CASE("reads after close() see EOF instead of spinning") {
+    ringio::run([]() -> ringio::task<> {
+        auto srv = co_await ringio::start_server(
+            [](ringio::stream_reader r, ringio::stream_writer) -> ringio::task<> { (void)co_await r.read(); }, "127.0.0.1", 0);
+        auto [r, w] = co_await ringio::open_connection("127.0.0.1", srv.port());
+        w.close();  // nothing in flight: closed at once
+        CHECK(co_await ringio::wait_for(r.read_line(), 1s) == "");
+        CHECK_THROWS_AS(co_await ringio::wait_for(r.read_until("x"), 1s), ringio::incomplete_read_error);
+        CHECK(co_await ringio::wait_for(r.read(10), 1s) == "");
+        CHECK(r.at_eof());
+        srv.close();
+        co_await srv.wait_closed();
+    }());
+}
