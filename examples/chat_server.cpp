@@ -82,9 +82,9 @@ struct client {
 std::vector<client*> room;
 
 // Makes the client's handler see EOF, so that it leaves the room and closes the connection
-// itself. TRICKY: other tasks never close() or abort() a client's stream directly, because a
-// read_line() that starts after the stream was closed spins instead of returning EOF (a ringio
-// bug, reported); shutting down the reading side of the socket ends every read cleanly.
+// itself. TRICKY: other tasks never close() or abort() a client's stream directly: the handler
+// owns it, and ending its reads (shutdown of the reading side) lets the handler's own task
+// leave the room, let its sender flush what is queued, and close, in that order.
 void stop_reading(client& c) {
     ::shutdown(c.writer.transport().fd(), SHUT_RD);  // fd is -1 (a no-op) once it is closed
 }
