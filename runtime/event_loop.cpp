@@ -5,6 +5,7 @@
 
 #include <csignal>
 #include <cstring>
+#include <limits>
 #include <thread>
 
 #include "ring.hpp"
@@ -23,8 +24,14 @@ constexpr std::uint64_t ignored_udata = 0;
 event_loop::event_loop(loop_options options) {
     if (tls_loop) throw invalid_state_error("ringio: this thread already has an event loop (run() cannot nest)");
     ring_ = std::make_unique<detail::ring>(options, features_);
-    // Half the CQ: the rest is headroom for cancel requests and multishot completions.
-    max_inflight_ = features_.cq_entries / 2;
+    // Without NODROP a completion that finds the CQ full is lost: keep in-flight work to half
+    // the CQ (the rest is headroom for cancel requests and multishot completions). With NODROP
+    // the kernel keeps overflowed completions until the next io_uring_enter flushes them, so
+    // long-lived operations (a receive on each of 100,000 idle connections) need no bound.
+    if (options.max_in_flight)
+        max_inflight_ = options.max_in_flight;
+    else
+        max_inflight_ = features_.nodrop ? std::numeric_limits<std::size_t>::max() : features_.cq_entries / 2;
     wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (wake_fd_ < 0) throw make_system_error(errno, "ringio: eventfd for the loop's wake-up");
     wake_req_.loop = this;

@@ -65,7 +65,12 @@ struct ring_features {
 
 struct loop_options {
     unsigned sq_entries = 1024;  // submission queue size; a full SQ is submitted, never fatal
-    unsigned cq_entries = 0;     // 0 = 8 * sq_entries; in-flight operations stay below half
+    unsigned cq_entries = 0;     // 0 = 8 * sq_entries
+    /// Operations allowed in flight at once; the rest wait in order in the loop's overflow
+    /// queue. 0 = automatic: half the CQ on kernels that drop completions when the CQ is full,
+    /// unbounded where the kernel keeps them (IORING_FEAT_NODROP, 5.5+) and the loop flushes
+    /// them, since an idle connection's receive may stay in flight for hours.
+    std::size_t max_in_flight = 0;
 };
 
 /// An io_uring event loop. Create it on the thread that runs it; it is bound to that thread.
