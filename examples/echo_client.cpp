@@ -12,9 +12,7 @@
 
 #include <algorithm>
 #include <array>
-#include <charconv>
 #include <cstdio>
-#include <cstdlib>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -24,9 +22,14 @@
 
 #include <fmt/format.h>
 
+#include "example_support.hpp"  // the command line, main()
+
 using namespace std::chrono_literals;
 
 namespace {
+
+constexpr examples::program program{
+    "echo_client", "usage: echo_client --port PORT [--host HOST] [--count N [--size BYTES]]\n", /*help=*/false};
 
 // A server that does not answer within this time counts as broken, rather than hanging us.
 constexpr auto reply_deadline = 10s;
@@ -38,47 +41,27 @@ struct options {
     std::size_t size = 64;
 };
 
-[[noreturn]] void usage(std::string_view problem) {
-    fmt::print(stderr,
-               "echo_client: {}\nusage: echo_client --port PORT [--host HOST] [--count N [--size BYTES]]\n",
-               problem);
-    std::exit(2);
-}
-
-template <class N>
-N parse_number(std::string_view arg, std::string_view value, N lo, N hi) {
-    N n{};
-    auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
-    if (ec != std::errc() || end != value.data() + value.size() || value.empty() || n < lo || n > hi)
-        usage(fmt::format("{} wants a number from {} to {}, not '{}'", arg, lo, hi, value));
-    return n;
-}
-
 options parse_args(int argc, char** argv) {
+    using examples::parse_number;
     options o;
     bool have_port = false;
     bool have_size = false;
-    for (int i = 1; i < argc; ++i) {
-        std::string_view arg = argv[i];
-        if (arg != "--host" && arg != "--port" && arg != "--count" && arg != "--size")
-            usage(fmt::format("unknown argument '{}'", arg));
-        if (i + 1 == argc) usage(fmt::format("{} needs a value", arg));
-        std::string_view value = argv[++i];
+    auto option = [&](std::string_view arg, std::string_view value) {
         if (arg == "--host") {
-            if (value.empty()) usage("--host needs a non-empty value");
-            o.host = value;
+            o.host = examples::parse_host(program, value);
         } else if (arg == "--port") {
-            o.port = parse_number<std::uint16_t>(arg, value, 1, 65535);
+            o.port = parse_number<std::uint16_t>(program, arg, value, 1, 65535);
             have_port = true;
         } else if (arg == "--count") {
-            o.count = parse_number<std::size_t>(arg, value, 1, 100'000'000);
+            o.count = parse_number<std::size_t>(program, arg, value, 1, 100'000'000);
         } else {
-            o.size = parse_number<std::size_t>(arg, value, 1, 64 << 20);
+            o.size = parse_number<std::size_t>(program, arg, value, 1, 64 << 20);
             have_size = true;
         }
-    }
-    if (!have_port) usage("--port is required");
-    if (have_size && !o.count) usage("--size goes with --count");
+    };
+    examples::parse_options(program, argc, argv, {"--host", "--port", "--count", "--size"}, option);
+    if (!have_port) examples::usage_error(program, "--port is required");
+    if (have_size && !o.count) examples::usage_error(program, "--size goes with --count");
     return o;
 }
 
@@ -202,11 +185,6 @@ ringio::task<int> amain(options opt) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    options opt = parse_args(argc, argv);  // exits with status 2 on bad arguments
-    try {
-        return ringio::run(amain(opt));
-    } catch (const std::exception& e) {
-        fmt::print(stderr, "echo_client: {}\n", e.what());
-        return 1;
-    }
+    options opt = parse_args(argc, argv);       // exits with status 2 on bad arguments
+    return examples::run(program, amain(opt));  // a failure's message on stderr, status 1
 }

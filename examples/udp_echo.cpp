@@ -14,67 +14,34 @@
 #include <ringio/datagram.hpp>
 #include <ringio/ringio.hpp>
 
-#include <signal.h>
-
-#include <charconv>
-#include <cstdio>
-#include <cstdlib>
 #include <string>
 #include <string_view>
 #include <system_error>
 #include <vector>
 
-#include <fmt/format.h>
+#include "example_support.hpp"  // the command line, the server contract, main()
 
 namespace {
 
+constexpr examples::program program{"udp_echo", "usage: udp_echo [--host HOST] [--port PORT] [--workers N]\n"};
+
 struct options {
-    std::string host = "127.0.0.1";
-    std::uint16_t port = 0;
+    examples::listen_options listen;  // --host, --port
     unsigned workers = 16;
 };
 
-constexpr std::string_view usage_text = "usage: udp_echo [--host HOST] [--port PORT] [--workers N]\n";
-
-[[noreturn]] void usage(std::string_view problem) {
-    fmt::print(stderr, "udp_echo: {}\n{}", problem, usage_text);
-    std::exit(2);
-}
-
-template <class T>
-T parse_number(std::string_view arg, std::string_view value, T lo, T hi) {
-    T v{};
-    auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
-    if (value.empty() || ec != std::errc() || end != value.data() + value.size() || v < lo || v > hi)
-        usage(fmt::format("{} wants a number from {} to {}, not '{}'", arg, lo, hi, value));
-    return v;
-}
-
 options parse_args(int argc, char** argv) {
     options o;
-    for (int i = 1; i < argc; ++i) {
-        std::string_view arg = argv[i];
-        if (arg == "--help" || arg == "-h") {
-            fmt::print("{}", usage_text);
-            std::exit(0);
-        }
-        if (arg != "--host" && arg != "--port" && arg != "--workers") usage(fmt::format("unknown argument '{}'", arg));
-        if (i + 1 == argc) usage(fmt::format("{} needs a value", arg));
-        std::string_view value = argv[++i];
-        if (arg == "--host") {
-            if (value.empty()) usage("--host needs a non-empty value");
-            o.host = value;
-        } else if (arg == "--port") {
-            o.port = parse_number<std::uint16_t>(arg, value, 0, 65535);
-        } else {
-            o.workers = parse_number<unsigned>(arg, value, 1, 1024);
-        }
-    }
+    auto option = [&](std::string_view arg, std::string_view value) {
+        if (!o.listen.parse(program, arg, value))  // then it is --workers
+            o.workers = examples::parse_number<unsigned>(program, arg, value, 1, 1024);
+    };
+    examples::parse_options(program, argc, argv, {"--host", "--port", "--workers"}, option);
     return o;
 }
 
 /// The address to bind: a numeric address as it is, a name through the resolver.
-ringio::task<ringio::endpoint> local_address(const options& o) {
+ringio::task<ringio::endpoint> local_address(const examples::listen_options& o) {
     if (auto ip = ringio::ip_address::parse(o.host)) co_return ringio::endpoint(*ip, o.port);
     ringio::resolve_options ro;
     ro.socktype = SOCK_DGRAM;
@@ -101,21 +68,17 @@ ringio::task<> echo_worker(ringio::datagram_endpoint& ep, unsigned long& failure
 }
 
 ringio::task<int> amain(options opt) {
-    ringio::endpoint local = co_await local_address(opt);
+    ringio::endpoint local = co_await local_address(opt.listen);
     ringio::datagram_options dopt;
     dopt.recv_buffer_size = 4 << 20;  // absorb bursts (capped by net.core.rmem_max)
     ringio::datagram_endpoint ep = co_await ringio::create_datagram_endpoint(local, std::nullopt, dopt);
-    // The contract with tests and benchmarks: this is the first line, and it is flushed now
-    // (stdout is fully buffered when it is a pipe).
-    fmt::print("listening on udp {}\n", ep.local_endpoint());
-    std::fflush(stdout);
+    examples::announce_listening(ep.local_endpoint(), "udp");  // the first line
 
     unsigned long failures = 0;
     std::vector<ringio::task_handle<>> workers;
     for (unsigned i = 0; i < opt.workers; ++i) workers.push_back(ringio::create_task(echo_worker(ep, failures)));
 
-    int sig = co_await ringio::wait_signal({SIGINT, SIGTERM});
-    fmt::print(stderr, "udp_echo: {}, shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    co_await examples::wait_for_stop_signal(program);
     co_await ep.close();  // pending receives end with EBADF, sends in flight are cancelled
     for (auto& w : workers) co_await w;
     if (failures != 0) fmt::print(stderr, "udp_echo: {} datagrams could not be echoed\n", failures);
@@ -126,19 +89,6 @@ ringio::task<int> amain(options opt) {
 
 int main(int argc, char** argv) {
     options opt = parse_args(argc, argv);  // exits with status 2 on bad arguments
-
-    // Block the signals before anything else: one that arrives before wait_signal() is called
-    // then stays pending instead of killing the process. (wait_signal reads them from a signalfd.)
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-
-    try {
-        return ringio::run(amain(opt));
-    } catch (const std::exception& e) {  // cannot bind (address in use, no io_uring, ...)
-        fmt::print(stderr, "udp_echo: {}\n", e.what());
-        return 1;
-    }
+    examples::block_stop_signals();        // before anything else, so that none is lost
+    return examples::run(program, amain(opt));  // status 1 if it cannot bind (address in use, ...)
 }

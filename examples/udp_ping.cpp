@@ -19,12 +19,10 @@
 #include <ringio/ringio.hpp>
 
 #include <algorithm>
-#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -34,10 +32,16 @@
 
 #include <fmt/format.h>
 
+#include "example_support.hpp"  // the command line, main()
+
 using namespace std::chrono_literals;
 using steady = std::chrono::steady_clock;
 
 namespace {
+
+constexpr examples::program program{
+    "udp_ping",
+    "usage: udp_ping --host HOST --port PORT [--count N] [--size BYTES] [--interval-ms MS] [--timeout-ms MS]\n"};
 
 struct options {
     std::string host;
@@ -48,52 +52,27 @@ struct options {
     unsigned timeout_ms = 1000;
 };
 
-constexpr std::string_view usage_text =
-    "usage: udp_ping --host HOST --port PORT [--count N] [--size BYTES] [--interval-ms MS] [--timeout-ms MS]\n";
-
-[[noreturn]] void usage(std::string_view problem) {
-    fmt::print(stderr, "udp_ping: {}\n{}", problem, usage_text);
-    std::exit(2);
-}
-
-template <class T>
-T parse_number(std::string_view arg, std::string_view value, T lo, T hi) {
-    T v{};
-    auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
-    if (value.empty() || ec != std::errc() || end != value.data() + value.size() || v < lo || v > hi)
-        usage(fmt::format("{} wants a number from {} to {}, not '{}'", arg, lo, hi, value));
-    return v;
-}
-
 options parse_args(int argc, char** argv) {
+    using examples::parse_number;
     options o;
-    for (int i = 1; i < argc; ++i) {
-        std::string_view arg = argv[i];
-        if (arg == "--help" || arg == "-h") {
-            fmt::print("{}", usage_text);
-            std::exit(0);
-        }
-        if (i + 1 == argc) usage(fmt::format("{} needs a value", arg));
-        std::string_view value = argv[++i];
-        if (arg == "--host") {
-            if (value.empty()) usage("--host needs a non-empty value");
-            o.host = value;
-        } else if (arg == "--port") {
-            o.port = parse_number<std::uint16_t>(arg, value, 1, 65535);
-        } else if (arg == "--count") {
-            o.count = parse_number<unsigned>(arg, value, 1, 100'000'000);
-        } else if (arg == "--size") {
-            o.size = parse_number<std::size_t>(arg, value, 8, 65507);
-        } else if (arg == "--interval-ms") {
-            o.interval_ms = parse_number<unsigned>(arg, value, 0, 3'600'000);
-        } else if (arg == "--timeout-ms") {
-            o.timeout_ms = parse_number<unsigned>(arg, value, 1, 3'600'000);
-        } else {
-            usage(fmt::format("unknown argument '{}'", arg));
-        }
-    }
-    if (o.host.empty()) usage("--host is required");
-    if (!o.port) usage("--port is required");
+    auto option = [&](std::string_view arg, std::string_view value) {
+        if (arg == "--host")
+            o.host = examples::parse_host(program, value);
+        else if (arg == "--port")
+            o.port = parse_number<std::uint16_t>(program, arg, value, 1, 65535);
+        else if (arg == "--count")
+            o.count = parse_number<unsigned>(program, arg, value, 1, 100'000'000);
+        else if (arg == "--size")
+            o.size = parse_number<std::size_t>(program, arg, value, 8, 65507);
+        else if (arg == "--interval-ms")
+            o.interval_ms = parse_number<unsigned>(program, arg, value, 0, 3'600'000);
+        else
+            o.timeout_ms = parse_number<unsigned>(program, arg, value, 1, 3'600'000);
+    };
+    examples::parse_options(program, argc, argv,
+                            {"--host", "--port", "--count", "--size", "--interval-ms", "--timeout-ms"}, option);
+    if (o.host.empty()) examples::usage_error(program, "--host is required");
+    if (!o.port) examples::usage_error(program, "--port is required");
     return o;
 }
 
@@ -243,11 +222,6 @@ ringio::task<int> amain(options opt) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    options opt = parse_args(argc, argv);  // exits with status 2 on bad arguments
-    try {
-        return ringio::run(amain(opt));
-    } catch (const std::exception& e) {  // unknown host, no io_uring, ...
-        fmt::print(stderr, "udp_ping: {}\n", e.what());
-        return 1;
-    }
+    options opt = parse_args(argc, argv);       // exits with status 2 on bad arguments
+    return examples::run(program, amain(opt));  // status 1 on an unknown host, no io_uring, ...
 }
