@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "helpers.hpp"
+#include "net_helpers.hpp"
 
 using namespace std::chrono_literals;
 
@@ -32,77 +33,13 @@ namespace {
 
 // ---- helpers ----
 
-/// Runs `body` on a fresh loop; past `limit` it is cancelled and the test fails with
-/// timeout_error instead of hanging.
-void run_bounded(ringio::task<> body, std::chrono::seconds limit = 15s) {
-    ringio::run([](ringio::task<> b, std::chrono::seconds l) -> ringio::task<> {
-        co_await ringio::wait_for(std::move(b), l);
-    }(std::move(body), limit));
-}
-
-/// Awaits `t` and returns the exception of type E it threw (nullopt if it returned).
-template <class E, class T>
-ringio::task<std::optional<E>> thrown(ringio::task<T> t) {
-    try {
-        co_await std::move(t);
-    } catch (const E& e) {
-        co_return e;
-    }
-    co_return std::nullopt;
-}
-template <class E, class T>
-ringio::task<std::optional<E>> thrown(ringio::task_handle<T> h) {
-    try {
-        co_await std::move(h);
-    } catch (const E& e) {
-        co_return e;
-    }
-    co_return std::nullopt;
-}
-
-/// Polls `pred` once a millisecond until it holds; false after `limit`.
-template <class Pred>
-ringio::task<bool> eventually(Pred pred, std::chrono::milliseconds limit = 5000ms) {
-    auto deadline = std::chrono::steady_clock::now() + limit;
-    while (!pred()) {
-        if (std::chrono::steady_clock::now() > deadline) co_return false;
-        co_await ringio::sleep(1ms);
-    }
-    co_return true;
-}
-
-bool contains(std::string_view haystack, std::string_view needle) { return haystack.find(needle) != std::string_view::npos; }
-
-/// Restores the log handler on destruction; records every line meanwhile.
-struct log_capture {
-    std::vector<std::string> lines;
-    ringio::log_handler prev;
-    log_capture() {
-        prev = ringio::set_log_handler([this](ringio::log_level, std::string_view m) { lines.emplace_back(m); });
-    }
-    ~log_capture() { ringio::set_log_handler(std::move(prev)); }
-    log_capture(const log_capture&) = delete;
-    log_capture& operator=(const log_capture&) = delete;
-};
-
-ringio::task<> echo(ringio::stream_reader r, ringio::stream_writer w) {
-    while (true) {
-        std::string data = co_await r.read(65536);
-        if (data.empty()) break;
-        w.write(data);
-        co_await w.drain();
-    }
-}
-
-ringio::task<std::string> read_to_eof(ringio::stream_reader& r) {
-    std::string all;
-    for (int i = 0; i < 1'000'000; ++i) {
-        std::string chunk = co_await r.read();
-        if (chunk.empty()) break;
-        all += chunk;
-    }
-    co_return all;
-}
+using test::contains;
+using test::echo;
+using test::eventually;
+using test::log_capture;
+using test::read_to_eof;
+using test::run_bounded;
+using test::thrown;
 
 /// A TCP port on 127.0.0.1 that nothing listens on (bound, then closed).
 std::uint16_t closed_port() {

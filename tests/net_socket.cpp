@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "helpers.hpp"
+#include "net_helpers.hpp"
 
 using namespace std::chrono_literals;
 
@@ -28,46 +29,10 @@ namespace {
 
 // ---- helpers ----
 
-/// Runs `body` on a fresh loop; past `limit` it is cancelled and the test fails with
-/// timeout_error instead of hanging.
-void run_bounded(ringio::task<> body, std::chrono::seconds limit = 15s) {
-    ringio::run([](ringio::task<> b, std::chrono::seconds l) -> ringio::task<> {
-        co_await ringio::wait_for(std::move(b), l);
-    }(std::move(body), limit));
-}
-
-/// Awaits `t` and returns the exception of type E it threw (nullopt if it returned).
-template <class E, class T>
-ringio::task<std::optional<E>> thrown(ringio::task<T> t) {
-    try {
-        co_await std::move(t);
-    } catch (const E& e) {
-        co_return e;
-    }
-    co_return std::nullopt;
-}
-template <class E, class T>
-ringio::task<std::optional<E>> thrown(ringio::task_handle<T> h) {
-    try {
-        co_await std::move(h);
-    } catch (const E& e) {
-        co_return e;
-    }
-    co_return std::nullopt;
-}
-
-/// Polls `pred` once a millisecond until it holds; false after `limit`.
-template <class Pred>
-ringio::task<bool> eventually(Pred pred, std::chrono::milliseconds limit = 5000ms) {
-    auto deadline = std::chrono::steady_clock::now() + limit;
-    while (!pred()) {
-        if (std::chrono::steady_clock::now() > deadline) co_return false;
-        co_await ringio::sleep(1ms);
-    }
-    co_return true;
-}
-
-bool contains(std::string_view haystack, std::string_view needle) { return haystack.find(needle) != std::string_view::npos; }
+using test::contains;
+using test::eventually;
+using test::run_bounded;
+using test::thrown;
 
 std::span<const std::byte> bytes(std::string_view s) { return std::as_bytes(std::span(s.data(), s.size())); }
 std::string text(std::span<const std::byte> b) { return {reinterpret_cast<const char*>(b.data()), b.size()}; }
@@ -354,10 +319,7 @@ TEST_CASE("socket: connect to a closed port is ECONNREFUSED naming the address")
 }
 
 TEST_CASE("socket: sending to a peer that reset is an exception, never SIGPIPE") {
-    struct sigaction sa {};
-    REQUIRE(::sigaction(SIGPIPE, nullptr, &sa) == 0);
-    const bool default_action = sa.sa_handler == SIG_DFL;
-    REQUIRE(default_action);  // a SIGPIPE would kill the test
+    test::require_default_sigpipe();
     run_bounded([]() -> ringio::task<> {
         auto [cli, srv] = co_await connected_pair();
         srv.set_linger(std::chrono::seconds(0));

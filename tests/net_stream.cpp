@@ -23,59 +23,20 @@
 #include <vector>
 
 #include "helpers.hpp"
+#include "net_helpers.hpp"
 
 using namespace std::chrono_literals;
 
 namespace {
-ringio::task<> echo(ringio::stream_reader r, ringio::stream_writer w) {
-    while (true) {
-        std::string data = co_await r.read(65536);
-        if (data.empty()) break;
-        w.write(data);
-        co_await w.drain();
-    }
-}
 
 // ---- helpers ----
 
-/// Runs `body` on a fresh loop; past `limit` it is cancelled and the test fails with
-/// timeout_error instead of hanging.
-void run_bounded(ringio::task<> body, std::chrono::seconds limit = 15s) {
-    ringio::run([](ringio::task<> b, std::chrono::seconds l) -> ringio::task<> {
-        co_await ringio::wait_for(std::move(b), l);
-    }(std::move(body), limit));
-}
-
-/// Awaits `t` and returns the exception of type E it threw (nullopt if it returned).
-template <class E, class T>
-ringio::task<std::optional<E>> thrown(ringio::task<T> t) {
-    try {
-        co_await std::move(t);
-    } catch (const E& e) {
-        co_return e;
-    }
-    co_return std::nullopt;
-}
-template <class E, class T>
-ringio::task<std::optional<E>> thrown(ringio::task_handle<T> h) {
-    try {
-        co_await std::move(h);
-    } catch (const E& e) {
-        co_return e;
-    }
-    co_return std::nullopt;
-}
-
-/// Polls `pred` once a millisecond until it holds; false after `limit`.
-template <class Pred>
-ringio::task<bool> eventually(Pred pred, std::chrono::milliseconds limit = 5000ms) {
-    auto deadline = std::chrono::steady_clock::now() + limit;
-    while (!pred()) {
-        if (std::chrono::steady_clock::now() > deadline) co_return false;
-        co_await ringio::sleep(1ms);
-    }
-    co_return true;
-}
+using test::echo;
+using test::eventually;
+using test::log_capture;
+using test::read_to_eof;
+using test::run_bounded;
+using test::thrown;
 
 /// A deterministic, non-periodic byte pattern; byte i of a stream.
 char pattern_at(std::size_t i) { return static_cast<char>((i * 131 + (i >> 11) * 7 + 13) & 0xff); }
@@ -123,18 +84,6 @@ ringio::task<> close_both(conn& a, conn& b) {
     co_await b.w.wait_closed();
 }
 
-/// Restores the log handler on destruction; records every line meanwhile.
-struct log_capture {
-    std::vector<std::string> lines;
-    ringio::log_handler prev;
-    log_capture() {
-        prev = ringio::set_log_handler([this](ringio::log_level, std::string_view m) { lines.emplace_back(m); });
-    }
-    ~log_capture() { ringio::set_log_handler(std::move(prev)); }
-    log_capture(const log_capture&) = delete;
-    log_capture& operator=(const log_capture&) = delete;
-};
-
 ringio::task<> send_pattern(ringio::stream_writer& w, std::size_t n, std::size_t chunk) {
     for (std::size_t off = 0; off < n; off += chunk) {
         w.write(pattern(std::min(chunk, n - off), off));
@@ -143,15 +92,6 @@ ringio::task<> send_pattern(ringio::stream_writer& w, std::size_t n, std::size_t
     w.write_eof();
 }
 
-ringio::task<std::string> read_to_eof(ringio::stream_reader& r) {
-    std::string all;
-    for (int i = 0; i < 1'000'000; ++i) {
-        std::string chunk = co_await r.read();
-        if (chunk.empty()) break;
-        all += chunk;
-    }
-    co_return all;
-}
 }  // namespace
 
 TEST_CASE("echo round trip over TCP with start_server and open_connection") {
@@ -591,10 +531,7 @@ TEST_CASE("a peer reset during a read is std::system_error ECONNRESET") {
 }
 
 TEST_CASE("writing to a peer that reset fails with ECONNRESET or EPIPE, never SIGPIPE") {
-    struct sigaction sa {};
-    REQUIRE(::sigaction(SIGPIPE, nullptr, &sa) == 0);
-    const bool default_action = sa.sa_handler == SIG_DFL;
-    REQUIRE(default_action);  // a SIGPIPE would kill the test
+    test::require_default_sigpipe();
     run_bounded([]() -> ringio::task<> {
         auto srv = co_await ringio::start_server(
             [](ringio::stream_reader r, ringio::stream_writer w) -> ringio::task<> {
