@@ -42,6 +42,10 @@ struct cache {
 
 thread_local cache tls_cache;
 
+// Blocks handed out and not yet freed on this thread (see live_frames()). A plain
+// constant-initialized thread_local: one increment or decrement, no TLS guard.
+thread_local std::size_t tls_live = 0;
+
 constexpr std::size_t class_of(std::size_t n) noexcept { return (n + granule - 1) / granule - 1; }
 
 }  // namespace
@@ -49,20 +53,26 @@ constexpr std::size_t class_of(std::size_t n) noexcept { return (n + granule - 1
 void* frame_alloc(std::size_t n) {
 #ifdef RINGIO_NO_FRAME_CACHE
     // Under ASan every frame goes back to the allocator so that use-after-free is caught.
-    return ::operator new(n);
-#endif
+    void* p = ::operator new(n);
+#else
     std::size_t c = class_of(n);
-    if (c >= classes) return ::operator new(n);
-    cache& k = tls_cache;
-    if (free_block* b = k.heads[c]) {
+    void* p;
+    if (c >= classes) {
+        p = ::operator new(n);
+    } else if (cache& k = tls_cache; free_block* b = k.heads[c]) {
         k.heads[c] = b->next;
         --k.counts[c];
-        return b;
+        p = b;
+    } else {
+        p = ::operator new((c + 1) * granule);
     }
-    return ::operator new((c + 1) * granule);
+#endif
+    ++tls_live;  // after the allocation, which may throw
+    return p;
 }
 
 void frame_free(void* p, std::size_t n) noexcept {
+    --tls_live;
 #ifdef RINGIO_NO_FRAME_CACHE
     ::operator delete(p, n);
     return;
@@ -82,5 +92,7 @@ void frame_free(void* p, std::size_t n) noexcept {
     k.heads[c] = b;
     ++k.counts[c];
 }
+
+std::size_t live_frames() noexcept { return tls_live; }
 
 }  // namespace ringio::detail
