@@ -13,6 +13,7 @@
 #include "ringio/log.hpp"
 #include "ringio/mutex.hpp"
 #include "ringio/queue.hpp"
+#include "ringio/run_threads.hpp"
 #include "ringio/semaphore.hpp"
 #include "ringio/server.hpp"
 #include "ringio/signal.hpp"
