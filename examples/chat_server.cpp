@@ -1,6 +1,7 @@
 // chat_server: every line a client sends goes to every other client.
 //
-//   chat_server [--host H] [--port P]        (defaults: 127.0.0.1, port 0 = any free port)
+//   chat_server [--host H] [--port P] [--threads N]   (defaults: 127.0.0.1, port 0 = any free
+//                                                      port, 1 thread)
 //
 // Protocol, one line at a time (up to 64 KiB, the stream's default limit):
 //   TEXT          -> every other client receives "NAME: TEXT\n"
@@ -10,6 +11,11 @@
 // A slow client never holds up the others: each client has a bounded queue of outgoing lines
 // and a task of its own that writes them to its socket. Broadcasting only appends to queues and
 // never waits; a client whose queue is full is disconnected (and logged on stderr).
+//
+// With --threads N, N event loops (one per thread) each accept their share of the connections
+// (SO_REUSEPORT) and keep their own room; a line goes to the sender's room at once and is posted
+// to every other loop, which hands it to its own room. At exit the server reports on stderr how
+// many connections each loop accepted.
 //
 // The first line on stdout is "listening on HOST:PORT". SIGINT or SIGTERM stop the server: it
 // stops accepting, closes every connection and exits with status 0 within a second.
@@ -31,7 +37,9 @@ using namespace std::chrono_literals;
 
 namespace {
 
-constexpr examples::program program{"chat_server", "usage: chat_server [--host HOST] [--port PORT]\n"};
+constexpr examples::program program{.name = "chat_server",
+                                    .usage = "usage: chat_server [--host HOST] [--port PORT] [--threads N]\n",
+                                    .threads = true};
 
 constexpr std::size_t max_queued_lines = 256;  // per client; beyond that it is too slow
 
@@ -43,8 +51,9 @@ struct client {
     bool dropped = false;  // disconnected by the server: its queued lines are thrown away
 };
 
-// Everyone connected. One loop, one thread: no locking needed.
-std::vector<client*> room;
+// Everyone connected to this loop. Each loop (with --threads N) has its own room, touched only
+// by its own thread: no locking needed.
+thread_local std::vector<client*> room;
 
 // Makes the client's handler see EOF, so that it leaves the room and closes the connection
 // itself. TRICKY: other tasks never close() or abort() a client's stream directly: the handler
@@ -62,12 +71,11 @@ void drop(client& c) {
     stop_reading(c);
 }
 
-// Appends a line to every other client's queue. Never waits, so one slow client cannot stall
-// the sender or anyone else.
-void broadcast(const client& from, std::string_view text) {
-    std::string line = fmt::format("{}: {}\n", from.name, text);
+// Appends a line to the queue of every client of this loop but `from`. Never waits, so one slow
+// client cannot stall the sender or anyone else.
+void deliver(const std::string& line, const client* from) {
     for (client* c : room) {
-        if (c == &from || c->outbox.is_shutdown()) continue;  // leaving: it gets nothing more
+        if (c == from || c->outbox.is_shutdown()) continue;  // leaving: it gets nothing more
         try {
             c->outbox.put_nowait(line);
         } catch (const ringio::queue_full&) {
@@ -75,6 +83,19 @@ void broadcast(const client& from, std::string_view text) {
                        max_queued_lines);
             drop(*c);
         }
+    }
+}
+
+// Sends a line to every other client: those of this loop at once, those of the other loops
+// through their inboxes. Fire and forget (call_soon_threadsafe rather than call_on): the sender
+// waits for no other loop, and the lines one loop posts to another arrive in the order sent.
+void broadcast(const client& from, std::string_view text) {
+    std::string line = fmt::format("{}: {}\n", from.name, text);
+    deliver(line, &from);
+    if (ringio::loop_group* group = ringio::loop_group::current()) {
+        std::size_t here = group->index();
+        for (std::size_t j = 0; j < group->size(); ++j)
+            if (j != here) group->loop(j).call_soon_threadsafe([line] { deliver(line, nullptr); });
     }
 }
 
@@ -180,7 +201,8 @@ ringio::task<> shut_down(ringio::server& server) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    // Parses --host and --port, listens, runs `handle_client` for every connection, prints the listening line
-    // and waits for SIGINT or SIGTERM, then calls shut_down (examples::serve).
+    // Parses --host, --port and --threads, listens (on every loop), runs `handle_client` for every
+    // connection, prints the listening line and waits for SIGINT or SIGTERM, then calls shut_down
+    // on every loop (examples::serve, examples::serve_threads).
     return examples::tcp_server_main(program, argc, argv, handle_client, shut_down);
 }

@@ -1,6 +1,12 @@
 // echo_server: sends back every byte it receives (RFC 862 over TCP).
 //
-//   echo_server [--host H] [--port P]        (defaults: 127.0.0.1, port 0 = any free port)
+//   echo_server [--host H] [--port P] [--threads N]   (defaults: 127.0.0.1, port 0 = any free
+//                                                      port, 1 thread)
+//
+// With --threads N the server runs N event loops, one per thread, sharing nothing: each
+// listens on the same port with its own socket (SO_REUSEPORT), so the kernel spreads the
+// connections over the loops, and each serves its own. At exit it reports on stderr how many
+// connections each loop accepted.
 //
 // The first line on stdout is "listening on HOST:PORT", so that a test or a benchmark started
 // with --port 0 learns the port. When a client sends EOF, the server finishes sending what it
@@ -17,7 +23,9 @@
 
 namespace {
 
-constexpr examples::program program{"echo_server", "usage: echo_server [--host HOST] [--port PORT]\n"};
+constexpr examples::program program{.name = "echo_server",
+                                    .usage = "usage: echo_server [--host HOST] [--port PORT] [--threads N]\n",
+                                    .threads = true};
 
 // One task per connection. The fast path: when the reader has nothing buffered, read_some has
 // the kernel receive straight into `buf` in this frame, and write() copies the bytes into the
@@ -52,7 +60,8 @@ ringio::task<> shut_down(ringio::server& server) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    // Parses --host and --port, listens, runs `echo` for every connection, prints the listening line
-    // and waits for SIGINT or SIGTERM, then calls shut_down (examples::serve).
+    // Parses --host, --port and --threads, listens (on every loop), runs `echo` for every
+    // connection, prints the listening line and waits for SIGINT or SIGTERM, then calls shut_down
+    // on every loop (examples::serve, examples::serve_threads).
     return examples::tcp_server_main(program, argc, argv, echo, shut_down);
 }

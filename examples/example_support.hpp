@@ -6,6 +6,8 @@
 //     exits with status 2 (with "usage: ..." on stderr);
 //   - the server contract: signals blocked from the start, "listening on ..." as the first line on
 //     stdout (flushed), SIGINT or SIGTERM end the program with status 0;
+//   - --threads N for TCP servers that take it: N loops (ringio::run_threads), each with its own
+//     listening socket on the one port (SO_REUSEPORT), stopped together;
 //   - main(): runs the async main, whose result is the exit status; an exception is printed on
 //     stderr and gives status 1.
 #pragma once
@@ -25,8 +27,10 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <vector>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 namespace examples {
 
@@ -37,6 +41,7 @@ struct program {
     std::string_view name;   // "echo_server"
     std::string_view usage;  // "usage: echo_server [--host HOST] [--port PORT]\n"
     bool help = true;        // --help and -h print the usage on stdout and exit with status 0
+    bool threads = false;    // a TCP server that takes --threads N (tcp_server_main)
 };
 
 /// Reports a bad command line and exits with status 2.
@@ -79,28 +84,35 @@ void parse_options(const program& p, int argc, char** argv, std::initializer_lis
     }
 }
 
-/// Where a server listens: --host and --port.
+/// Where a server listens: --host and --port (and --threads, for servers that take it).
 struct listen_options {
     std::string host = "127.0.0.1";
     std::uint16_t port = 0;  // any free port
+    std::size_t threads = 1;  // event loops, one per thread
 
-    /// Takes the value of --host or --port (false for any other option).
+    /// Takes the value of --host, --port or --threads (false for any other option).
     bool parse(const program& p, std::string_view arg, std::string_view value) {
         if (arg == "--host")
             host = parse_host(p, value);
         else if (arg == "--port")
             port = parse_number<std::uint16_t>(p, arg, value, 0, 65535);
+        else if (arg == "--threads" && p.threads)
+            threads = parse_number<std::size_t>(p, arg, value, 1, 1024);
         else
             return false;
         return true;
     }
 };
 
-/// The command line of a server that takes --host and --port only.
+/// The command line of a server that takes --host and --port only (and --threads when
+/// p.threads is set).
 inline listen_options parse_listen_options(const program& p, int argc, char** argv) {
     listen_options o;
-    parse_options(p, argc, argv, {"--host", "--port"},
-                  [&](std::string_view arg, std::string_view value) { o.parse(p, arg, value); });
+    auto take = [&](std::string_view arg, std::string_view value) { o.parse(p, arg, value); };
+    if (p.threads)
+        parse_options(p, argc, argv, {"--host", "--port", "--threads"}, take);
+    else
+        parse_options(p, argc, argv, {"--host", "--port"}, take);
     return o;
 }
 
@@ -169,6 +181,76 @@ ringio::task<int> serve(const program& p, listen_options opt, Handler handler,
     co_return 0;
 }
 
+/// What one loop of a --threads server keeps. Touched only on that loop's thread, except
+/// `accepted`, read after every loop has ended.
+struct loop_server {
+    ringio::server server;
+    ringio::event stop;        // set (by loop 0, through call_on) when the server is to stop
+    std::size_t accepted = 0;  // connections this loop's listener accepted
+};
+
+/// `handler`, counting the connections of `where`.
+template <class Handler>
+ringio::connection_handler counting(Handler& handler, loop_server& where) {
+    return [h = &handler, w = &where](ringio::stream_reader r, ringio::stream_writer wr) {
+        ++w->accepted;
+        return (*h)(std::move(r), std::move(wr));
+    };
+}
+
+/// Loop i of a --threads server. Loop 0 listens first (with --port 0 it learns the port), then
+/// has every other loop listen on the same port, each with a socket of its own (SO_REUSEPORT:
+/// the kernel spreads incoming connections over them by a hash of the addresses and ports), then
+/// prints the listening line. On SIGINT or SIGTERM it tells the others to stop and every loop
+/// shuts its own server down at the same time.
+template <class Handler>
+ringio::task<> serve_loop(const program& p, const listen_options& opt, Handler& handler,
+                          ringio::task<> (*shut_down)(ringio::server&), std::vector<loop_server>& loops,
+                          std::size_t i) {
+    ringio::loop_group& group = *ringio::loop_group::current();
+    loop_server& me = loops[i];
+    ringio::server_options so;
+    so.reuse_port = true;
+    if (i == 0) {
+        me.server = co_await ringio::start_server(counting(handler, me), opt.host, opt.port, so);
+        const std::uint16_t port = me.server.port();
+        for (std::size_t j = 1; j < loops.size(); ++j) {
+            // Runs as a Task on loop j, so that the server and its connections belong to loop j.
+            auto listen_there = [o = &opt, h = &handler, there = &loops[j], so, port]() -> ringio::task<> {
+                there->server = co_await ringio::start_server(counting(*h, *there), o->host, port, so);
+            };
+            co_await ringio::call_on(group.loop(j), std::move(listen_there));  // rethrows if it cannot listen
+        }
+        announce_listening(me.server.sockets().front().local_endpoint());  // the first line, once
+        co_await wait_for_stop_signal(p);
+        for (std::size_t j = 1; j < loops.size(); ++j) {
+            auto stop_there = [there = &loops[j]] { there->stop.set(); };
+            co_await ringio::call_on(group.loop(j), std::move(stop_there));
+        }
+    } else {
+        co_await me.stop.wait();
+    }
+    co_await shut_down(me.server);
+}
+
+/// The life of a TCP server with --threads N (N > 1): serve_loop() on each of N loops, then
+/// "NAME: connections per loop: A B ..." on stderr (it shows how SO_REUSEPORT spread them).
+template <class Handler>
+int serve_threads(const program& p, const listen_options& opt, Handler handler,
+                  ringio::task<> (*shut_down)(ringio::server&)) {
+    std::vector<loop_server> loops(opt.threads);
+    try {
+        ringio::run_threads(opt.threads, [&](std::size_t i) { return serve_loop(p, opt, handler, shut_down, loops, i); });
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "{}: {}\n", p.name, e.what());
+        return 1;
+    }
+    std::vector<std::size_t> accepted;
+    for (const loop_server& l : loops) accepted.push_back(l.accepted);
+    fmt::print(stderr, "{}: connections per loop: {}\n", p.name, fmt::join(accepted, " "));
+    return 0;
+}
+
 /// Runs `main_task` on a new event loop: its result is the exit status. An exception that ends
 /// it (cannot listen, unknown host, no io_uring, ...) is printed on stderr and gives status 1.
 inline int run(const program& p, ringio::task<int> main_task) {
@@ -180,12 +262,16 @@ inline int run(const program& p, ringio::task<int> main_task) {
     }
 }
 
-/// main() of a TCP server that takes --host and --port: serve() until SIGINT or SIGTERM.
+/// main() of a TCP server that takes --host and --port (and --threads N when p.threads is set):
+/// serve() (or serve_threads() for N > 1) until SIGINT or SIGTERM.
 template <class Handler>
 int tcp_server_main(const program& p, int argc, char** argv, Handler handler,
                     ringio::task<> (*shut_down)(ringio::server&)) {
     listen_options opt = parse_listen_options(p, argc, argv);  // exits with status 2 on bad arguments
-    block_stop_signals();  // before anything else, so that none is lost
+    // Before anything else, so that none is lost; also before the loop threads start, which
+    // inherit the mask: only loop 0 reads the signals (wait_signal), no thread is killed by them.
+    block_stop_signals();
+    if (opt.threads > 1) return serve_threads(p, opt, handler, shut_down);
     return run(p, serve(p, opt, handler, shut_down));  // status 1 if it cannot listen (address in use, ...)
 }
 

@@ -13,7 +13,9 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -476,6 +478,206 @@ TEST_CASE("chat_server: SIGINT closes the connections and exits with status 0 wi
             cs[i].second.abort();
         }
     }(srv));
+}
+
+// ---- --threads N: several loops behind one port ----------------------------------------------
+
+namespace {
+
+/// An example server started with --port 0 --threads N.
+struct threaded_server {
+    child proc;
+    std::uint16_t port = 0;
+
+    threaded_server(const char* path, int threads)
+        : proc({path, "--host", "127.0.0.1", "--port", "0", "--threads", std::to_string(threads)}) {
+        port = test::read_announced_port(proc, "listening on 127.0.0.1:");
+    }
+
+    /// The counts of "NAME: connections per loop: A B ..." (printed on stderr at exit).
+    std::vector<std::size_t> connections_per_loop() {
+        const std::string& err = proc.stderr_text();
+        std::vector<std::size_t> counts;
+        auto at = err.find("connections per loop:");
+        if (at == std::string::npos) return counts;
+        std::size_t i = at + std::strlen("connections per loop:");
+        while (i < err.size() && err[i] != '\n') {
+            if (err[i] == ' ') {
+                ++i;
+                continue;
+            }
+            std::size_t used = 0;
+            counts.push_back(std::stoul(err.substr(i), &used));
+            i += used;
+        }
+        return counts;
+    }
+};
+
+/// A chat client whose lines are read into a queue by a task of its own, so that a test can
+/// wait for a line with a time limit without cancelling a read half way through a line.
+struct chat_client {
+    connection c;
+    ringio::queue<std::string> lines;
+    ringio::task_handle<> reader;
+
+    explicit chat_client(connection conn) : c(std::move(conn)) {}
+};
+
+ringio::task<> read_lines_into(ringio::stream_reader& r, ringio::queue<std::string>& q) {
+    try {
+        while (true) {
+            std::string line = co_await r.read_line();
+            if (line.empty()) break;  // EOF
+            q.put_nowait(std::move(line));
+        }
+    } catch (const std::exception&) {  // reset, or cancelled at the end of the test
+    }
+    q.shutdown();
+}
+
+/// The next line a client received, or "" when none comes within `limit`.
+ringio::task<std::string> next_line(chat_client& cl, std::chrono::milliseconds limit) {
+    try {
+        co_return co_await ringio::wait_for(
+            [](ringio::queue<std::string>& q) -> ringio::task<std::string> { co_return co_await q.get(); }(cl.lines),
+            limit);
+    } catch (const ringio::timeout_error&) {
+        co_return std::string();
+    } catch (const ringio::queue_shutdown&) {
+        co_return std::string();
+    }
+}
+
+ringio::task<std::vector<std::unique_ptr<chat_client>>> connect_chat_clients(std::uint16_t port, std::size_t n) {
+    std::vector<std::unique_ptr<chat_client>> cs;
+    for (std::size_t i = 0; i < n; ++i) {
+        cs.push_back(std::make_unique<chat_client>(co_await connect_to(port)));
+        chat_client& cl = *cs.back();
+        cl.reader = ringio::create_task(read_lines_into(cl.c.first, cl.lines));
+    }
+    co_return cs;
+}
+
+/// Waits until every client is in its loop's room: with several loops, handlers start in no
+/// particular order across loops, so client 0 says "sync R" until every other client got one
+/// (a client not yet in its room misses a round, never a later one). Client 0 is in the room
+/// once anyone receives its line. Bounded: 50 rounds.
+ringio::task<bool> sync_chat(std::vector<std::unique_ptr<chat_client>>& cs) {
+    std::string name0 = name_of(cs[0]->c);
+    for (int round = 0; round < 50; ++round) {
+        std::string want = fmt::format("{}: sync {}\n", name0, round);
+        cs[0]->c.second.write(fmt::format("sync {}\n", round));
+        bool all = true;
+        for (std::size_t k = 1; k < cs.size(); ++k) {
+            bool got = false;
+            while (!got) {  // skips the lines of earlier rounds
+                std::string line = co_await next_line(*cs[k], 300ms);
+                if (line.empty()) break;
+                got = line == want;
+            }
+            all = all && got;
+        }
+        if (all) co_return true;
+    }
+    co_return false;
+}
+
+}  // namespace
+
+TEST_CASE("examples: --threads wants a number from 1") {
+    for (const char* path : {RINGIO_ECHO_SERVER, RINGIO_CHAT_SERVER})
+        for (const char* bad : {"0", "x", ""}) {
+            child proc({path, "--threads", bad});
+            std::optional<int> status = proc.wait(10s);
+            INFO(path, " --threads '", bad, "'");
+            CHECK_MESSAGE(exited_with(status, 2), describe_status(status));
+            CHECK(proc.stderr_text().find("usage:") != std::string::npos);
+        }
+}
+
+TEST_CASE("echo_server --threads 2: 64 concurrent clients, every byte checked, both loops serve") {
+    threaded_server srv(RINGIO_ECHO_SERVER, 2);
+    ringio::run([](std::uint16_t port) -> ringio::task<> {
+        auto one_client = [](std::uint16_t p, std::size_t id) -> ringio::task<std::size_t> {
+            connection c = co_await connect_to(p);
+            std::size_t ok = 0;
+            for (std::size_t i = 0; i < 10; ++i) {
+                std::string msg = pattern(1 + (id * 977 + i * 4099) % 20000, id * 100 + i);
+                c.second.write(msg);
+                if (co_await c.first.read_exactly(msg.size()) == msg) ++ok;
+            }
+            c.second.write_eof();
+            if ((co_await c.first.read()).empty()) ++ok;
+            co_await close_connection(c);
+            co_return ok;
+        };
+        std::vector<ringio::task<std::size_t>> clients;
+        for (std::size_t id = 0; id < 64; ++id) clients.push_back(one_client(port, id));
+        std::vector<std::size_t> ok = co_await ringio::wait_for(ringio::gather(std::move(clients)), 60s);
+        REQUIRE(ok.size() == 64);
+        for (std::size_t id = 0; id < 64; ++id) CHECK_MESSAGE(ok[id] == 11, "client ", id);
+    }(srv.port));
+    test::stop_with(srv.proc, SIGTERM);
+    // SO_REUSEPORT hashes each connection's addresses and ports to a listener: with 64
+    // connections both loops get some (all on one would be a 1 in 2^63 chance).
+    std::vector<std::size_t> per_loop = srv.connections_per_loop();
+    REQUIRE(per_loop.size() == 2);
+    CHECK(per_loop[0] + per_loop[1] == 64);
+    CHECK(per_loop[0] > 0);
+    CHECK(per_loop[1] > 0);
+}
+
+TEST_CASE("echo_server --threads 2: SIGINT with open and stuck connections exits with status 0 within a second") {
+    threaded_server srv(RINGIO_ECHO_SERVER, 2);
+    ringio::run([](threaded_server& s) -> ringio::task<> {
+        std::vector<connection> cs;
+        for (int i = 0; i < 8; ++i) cs.push_back(co_await connect_to(s.port));
+        for (auto& c : cs) {
+            c.second.write("ping");
+            CHECK(co_await ringio::wait_for(c.first.read_exactly(4), 5s) == "ping");
+        }
+        cs[0].second.write(pattern(16 << 20, 5));  // never read back: stalls that loop's drain()
+        auto start = steady::now();
+        s.proc.signal(SIGINT);
+        std::optional<int> status = co_await ringio::to_thread([&] { return s.proc.wait(1s); });
+        INFO("stderr: ", s.proc.stderr_text());
+        CHECK_MESSAGE(exited_with(status, 0), describe_status(status));
+        CHECK(steady::now() - start < 1s);
+        for (auto& c : cs) c.second.abort();
+    }(srv));
+}
+
+TEST_CASE("chat_server --threads 2: lines go between clients of different loops") {
+    threaded_server srv(RINGIO_CHAT_SERVER, 2);
+    constexpr std::size_t n = 24;  // all on one loop: a 1 in 2^23 chance
+    ringio::run([](std::uint16_t port) -> ringio::task<> {
+        std::vector<std::unique_ptr<chat_client>> cs = co_await connect_chat_clients(port, n);
+        bool synced = co_await sync_chat(cs);
+        REQUIRE(synced);
+        // Everyone says something; everyone else hears all of it, whichever loop it is on.
+        for (std::size_t i = 0; i < n; ++i) cs[i]->c.second.write(fmt::format("line from {}\n", i));
+        for (std::size_t j = 0; j < n; ++j) {
+            std::set<std::string> want, got;
+            for (std::size_t i = 0; i < n; ++i)
+                if (i != j) want.insert(fmt::format("{}: line from {}\n", name_of(cs[i]->c), i));
+            for (std::size_t k = 0; k + 1 < n; ++k) got.insert(co_await next_line(*cs[j], 5s));
+            CHECK_MESSAGE(got == want, "client ", j);
+        }
+        // A line from one client reaches the others in the order sent.
+        for (int k = 0; k < 20; ++k) cs[n - 1]->c.second.write(fmt::format("seq {}\n", k));
+        std::string name = name_of(cs[n - 1]->c);
+        for (std::size_t j = 0; j + 1 < n; ++j)
+            for (int k = 0; k < 20; ++k) CHECK(co_await next_line(*cs[j], 5s) == fmt::format("{}: seq {}\n", name, k));
+        for (auto& cl : cs) co_await close_connection(cl->c);
+        for (auto& cl : cs) co_await ringio::wait_for(cl->reader, 5s);
+    }(srv.port));
+    test::stop_with(srv.proc, SIGTERM);
+    std::vector<std::size_t> per_loop = srv.connections_per_loop();
+    REQUIRE(per_loop.size() == 2);
+    CHECK(per_loop[0] + per_loop[1] == n);
+    CHECK(per_loop[0] > 0);
+    CHECK(per_loop[1] > 0);
 }
 
 #endif
