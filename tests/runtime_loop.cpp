@@ -133,43 +133,12 @@ TEST_CASE("loops on several threads run independently") {
 
 // ---- io_uring blocked, as Docker's default seccomp profile does ----
 
-#include <linux/audit.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
-#include <sys/prctl.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 
-#include <cstddef>
+#include "seccomp_block.hpp"
 
-namespace {
-
-#if defined(__x86_64__)
-constexpr unsigned native_arch = AUDIT_ARCH_X86_64;
-#elif defined(__aarch64__)
-constexpr unsigned native_arch = AUDIT_ARCH_AARCH64;
-#else
-constexpr unsigned native_arch = 0;
-#endif
-
-/// In this (child) process, makes io_uring_setup fail with EPERM like a container's seccomp
-/// profile. Returns false if the filter could not be installed.
-bool block_io_uring_setup() {
-    sock_filter code[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, native_arch, 1, 0),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    };
-    sock_fprog prog{static_cast<unsigned short>(sizeof code / sizeof code[0]), code};
-    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return false;
-    return ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0;
-}
-
-}  // namespace
+using test::block_io_uring_setup;
+using test::native_arch;
 
 TEST_CASE("io_uring blocked by seccomp: a system_error that names the cause, and the tests skip with 77") {
     if (native_arch == 0) {

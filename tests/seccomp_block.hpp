@@ -1,0 +1,42 @@
+// Blocking io_uring in a child process, as Docker's default seccomp profile does: for the tests
+// of what happens when io_uring cannot be set up (runtime_loop, net_examples_nouring).
+#pragma once
+
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+
+#include <cerrno>
+#include <cstddef>
+
+namespace test {
+
+#if defined(__x86_64__)
+inline constexpr unsigned native_arch = AUDIT_ARCH_X86_64;
+#elif defined(__aarch64__)
+inline constexpr unsigned native_arch = AUDIT_ARCH_AARCH64;
+#else
+inline constexpr unsigned native_arch = 0;  // no filter for this machine: callers skip
+#endif
+
+/// In this (child) process, makes io_uring_setup fail with EPERM like a container's seccomp
+/// profile; the filter stays through execve. Returns false if the filter could not be installed.
+/// Only async-signal-safe calls: usable between fork() and execve().
+inline bool block_io_uring_setup() {
+    sock_filter code[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, native_arch, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    sock_fprog prog{static_cast<unsigned short>(sizeof code / sizeof code[0]), code};
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return false;
+    return ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0;
+}
+
+}  // namespace test
