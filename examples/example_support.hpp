@@ -9,7 +9,8 @@
 //   - --threads N for TCP servers that take it: N loops (ringio::run_threads), each with its own
 //     listening socket on the one port (SO_REUSEPORT), stopped together;
 //   - main(): runs the async main, whose result is the exit status; an exception is printed on
-//     stderr and gives status 1.
+//     stderr and gives status 1; when io_uring cannot be set up here, the reason is printed on
+//     stderr and the status is 77 (exit_no_io_uring).
 #pragma once
 
 #include <ringio/ringio.hpp>
@@ -24,6 +25,7 @@
 #include <cstdlib>
 #include <exception>
 #include <initializer_list>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -251,11 +253,24 @@ int serve_threads(const program& p, const listen_options& opt, Handler handler,
     return 0;
 }
 
-/// Runs `main_task` on a new event loop: its result is the exit status. An exception that ends
-/// it (cannot listen, unknown host, no io_uring, ...) is printed on stderr and gives status 1.
+/// The exit status of an example when this machine cannot set up an io_uring (a kernel without
+/// it, a container's seccomp profile, kernel.io_uring_disabled): 77, the tests' "skipped".
+inline constexpr int exit_no_io_uring = 77;
+
+/// Runs `main_task` on a new event loop: its result is the exit status. When io_uring cannot be
+/// set up, ringio's message (which names the cause and the fix) goes to stderr and the status is
+/// exit_no_io_uring. Another exception that ends it (cannot listen, unknown host, ...) is printed
+/// on stderr and gives status 1.
 inline int run(const program& p, ringio::task<int> main_task) {
+    std::optional<ringio::event_loop> loop;
     try {
-        return ringio::run(std::move(main_task));
+        loop.emplace();
+    } catch (const std::system_error& e) {
+        fmt::print(stderr, "{}: {}\n", p.name, e.what());
+        return exit_no_io_uring;
+    }
+    try {
+        return loop->run_until_complete(std::move(main_task));
     } catch (const std::exception& e) {
         fmt::print(stderr, "{}: {}\n", p.name, e.what());
         return 1;
