@@ -306,7 +306,9 @@ auto run_threads(std::size_t n, F fn, const thread_options& options = {}) {
 /// the other loop's inbox was empty).
 ///
 /// `fn` is moved to the target and destroyed there; capture by value what it needs, since a
-/// cancelled caller does not wait for it.
+/// cancelled caller does not wait for it. With GCC 12, name a lambda whose captures have
+/// destructors before passing it (a GCC bug destroys such a temporary twice inside co_await;
+/// docs/runtime.md, "Compiler bugs").
 ///
 /// Cancel safety: the caller gets cancelled_error at once. The work is skipped if it has not
 /// begun; if it has, it runs to its end on the target and its result is dropped. The shared
