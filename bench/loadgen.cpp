@@ -2,7 +2,7 @@
 // non-blocking sockets; it checks every echoed byte and stops by itself.
 //
 //   loadgen --port P [--host 127.0.0.1] [--mode pingpong|idle] [--conns N] [--size BYTES]
-//           [--duration S] [--warmup S] [--rounds R] [--window W] [--sources K]
+//           [--pipeline K] [--duration S] [--warmup S] [--rounds R] [--window W] [--sources K]
 //           [--server-pid PID] [--hold S] [--timeout S] [--stall S]
 //
 // Both modes start by opening the N connections, at most W at a time: each new connection
@@ -19,7 +19,11 @@
 //   octave buckets, at most 1.6% error), and the server's CPU time (utime + stime from
 //   /proc/PID/stat) is read at both ends of that window. Then the messages in flight are
 //   finished (and checked) and the connections closed. --rounds R instead makes every
-//   connection do exactly R round trips, all of them measured.
+//   connection do exactly R round trips, all of them measured. --pipeline K keeps K messages in
+//   flight on every connection instead of one: as each echo completes the next message goes out,
+//   and the messages waiting to go are written together (one sendmsg), as a pipelining client
+//   (HTTP/1.1, Redis) would. The echo is still checked byte by byte, in order; a message's
+//   latency runs from its own send to its own echo.
 // idle: after opening, the connections are held for --hold seconds, the server's VmRSS is
 //   read (and compared with its VmRSS before the first connect), then every connection does
 //   one more round trip (at most 1000 at a time) to show it still works.
@@ -38,6 +42,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -162,12 +167,15 @@ private:
 
 // ---- options ----
 
+constexpr int max_pipeline = 64;
+
 struct options {
     std::string host = "127.0.0.1";
     int port = 0;
     bool idle = false;
     int conns = 1;
     std::size_t size = 64;
+    int pipeline = 1;
     double duration = 3;
     double warmup = 0.5;
     long rounds = 0;
@@ -182,7 +190,7 @@ struct options {
 [[noreturn]] void usage(const char* problem) {
     std::fprintf(stderr,
                  "loadgen: %s\nusage: loadgen --port P [--host IPV4] [--mode pingpong|idle] [--conns N] "
-                 "[--size BYTES] [--duration S] [--warmup S] [--rounds R] [--window W] [--sources K] "
+                 "[--size BYTES] [--pipeline K] [--duration S] [--warmup S] [--rounds R] [--window W] [--sources K] "
                  "[--server-pid PID] [--hold S] [--timeout S] [--stall S]\n",
                  problem);
     std::exit(2);
@@ -201,6 +209,7 @@ options parse(int argc, char** argv) {
             o.idle = v == "idle";
         } else if (a == "--conns") o.conns = std::atoi(v.c_str());
         else if (a == "--size") o.size = std::size_t(std::atol(v.c_str()));
+        else if (a == "--pipeline") o.pipeline = std::atoi(v.c_str());
         else if (a == "--duration") o.duration = std::atof(v.c_str());
         else if (a == "--warmup") o.warmup = std::atof(v.c_str());
         else if (a == "--rounds") o.rounds = std::atol(v.c_str());
@@ -214,6 +223,7 @@ options parse(int argc, char** argv) {
     }
     if (o.port <= 0 || o.port > 65535) usage("--port is required");
     if (o.conns < 1 || o.size < 1 || o.window < 1) usage("--conns, --size and --window must be positive");
+    if (o.pipeline < 1 || o.pipeline > max_pipeline) usage("--pipeline is from 1 to 64");
     return o;
 }
 
@@ -226,10 +236,14 @@ struct connection {
     int fd = -1;
     cstate state = cstate::unused;
     bool want_out = false;      // EPOLLOUT is on (connect pending or a short send)
-    std::uint32_t seq = 0;      // round trips completed
-    std::uint32_t sent = 0;     // bytes of the current message sent
-    std::uint32_t rcvd = 0;     // ... and received back
-    std::uint64_t t0 = 0;       // when the current message (or connect) started
+    std::uint32_t seq = 0;      // round trips completed (messages whose echo came back whole)
+    std::uint32_t rcvd = 0;     // bytes of message `seq` received back
+    std::uint32_t sseq = 0;     // messages sent whole
+    std::uint32_t sent = 0;     // bytes of message `sseq` sent (0: not begun)
+    std::uint32_t limit = 0;    // messages this connection may begin in the current phase
+    std::uint64_t t0 = 0;       // when the connect started
+    [[nodiscard]] std::uint32_t begun() const { return sseq + (sent > 0 ? 1 : 0); }
+    [[nodiscard]] std::uint32_t in_flight() const { return begun() - seq; }
 };
 
 struct errors {
@@ -253,8 +267,9 @@ public:
             x ^= x << 17;
             b = static_cast<unsigned char>(x >> 24);
         }
-        scratch_.resize(std::min<std::size_t>(o_.size, 1 << 16));
+        scratch_.resize(std::min<std::size_t>(o_.size * std::size_t(o_.pipeline), 1 << 16));
         conns_.resize(std::size_t(o_.conns));
+        sent_at_.resize(std::size_t(o_.conns) * std::size_t(o_.pipeline));
         if (::inet_pton(AF_INET, o_.host.c_str(), &server_.sin_addr) != 1) usage("--host wants an IPv4 address");
         server_.sin_family = AF_INET;
         server_.sin_port = htons(std::uint16_t(o_.port));
@@ -330,9 +345,17 @@ private:
                 if (o_.warmup <= 0) begin_window(now);
             }
             for (std::size_t i = 0; i < conns_.size(); ++i)
-                if (conns_[i].state == cstate::parked) send_next(i, now);
+                if (conns_[i].state == cstate::parked)  // seq counts the opening trip too
+                    start(i, now, o_.rounds > 0 ? std::uint32_t(o_.rounds) + 1 : UINT32_MAX);
             break;
         case phase::drain:
+            // No new messages; those in flight (and one half sent) are finished and checked.
+            for (std::size_t i = 0; i < conns_.size(); ++i) {
+                connection& c = conns_[i];
+                if (c.state != cstate::busy) continue;
+                c.limit = c.begun();
+                if (c.in_flight() == 0) park(i);
+            }
             end_window(now);
             phase_end_ns_ = std::min(deadline_ns_, now + 5'000'000'000u);
             break;
@@ -517,33 +540,64 @@ private:
         ::epoll_ctl(epfd_, EPOLL_CTL_MOD, c.fd, &ev);
     }
 
-    void send_next(std::size_t i, std::uint64_t now) {
+    // Lets connection i begin messages up to number `limit` (in total), at most --pipeline at a
+    // time, and sends what it may.
+    void start(std::size_t i, std::uint64_t now, std::uint32_t limit) {
         connection& c = conns_[i];
         if (c.state != cstate::busy) ++busy_;
         c.state = cstate::busy;
-        c.sent = c.rcvd = 0;
-        c.t0 = now;
-        send_rest(i);
+        c.limit = limit;
+        pump(i, now);
     }
 
-    void send_rest(std::size_t i) {
+    std::uint64_t& sent_at(std::size_t i, std::uint32_t seq) {
+        return sent_at_[i * std::size_t(o_.pipeline) + seq % std::uint32_t(o_.pipeline)];
+    }
+
+    // Sends the rest of the message begun and every further one allowed, together: one
+    // sendmsg of up to --pipeline messages (each a window into the pattern).
+    void pump(std::size_t i, std::uint64_t now) {
         connection& c = conns_[i];
-        const unsigned char* m = message(i, c.seq);
-        while (c.sent < o_.size) {
-            ssize_t w = ::send(c.fd, m + c.sent, o_.size - c.sent, MSG_NOSIGNAL | MSG_DONTWAIT);
-            if (w > 0) {
-                c.sent += std::uint32_t(w);
-                continue;
+        const auto depth = std::uint32_t(o_.pipeline);
+        while (true) {
+            iovec iov[max_pipeline];
+            int n = 0;
+            std::uint32_t m = c.sseq;
+            std::uint32_t off = c.sent;
+            while (n < max_pipeline && m < c.limit && m - c.seq < depth) {
+                if (off == 0 && m >= c.begun()) sent_at(i, m) = now;  // this message begins now
+                iov[n].iov_base = const_cast<unsigned char*>(message(i, m)) + off;
+                iov[n].iov_len = o_.size - off;
+                ++n;
+                ++m;
+                off = 0;
             }
+            if (n == 0) break;
+            msghdr mh{};
+            mh.msg_iov = iov;
+            mh.msg_iovlen = std::size_t(n);
+            ssize_t w = ::sendmsg(c.fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
             if (w < 0 && errno == EINTR) continue;
             if (w < 0 && errno == EAGAIN) {
                 set_out(i, true);
                 return;
             }
-            note_error("send", errno);
-            ++errs_.reset;
-            kill(i);
-            return;
+            if (w <= 0) {
+                note_error("send", w < 0 ? errno : EPIPE);
+                ++errs_.reset;
+                kill(i);
+                return;
+            }
+            auto left = std::size_t(w);  // account the bytes message by message
+            while (left > 0) {
+                std::size_t part = std::min<std::size_t>(left, o_.size - c.sent);
+                c.sent += std::uint32_t(part);
+                left -= part;
+                if (c.sent == o_.size) {
+                    ++c.sseq;
+                    c.sent = 0;
+                }
+            }
         }
         set_out(i, false);
     }
@@ -562,11 +616,12 @@ private:
                 kill(i);
                 return;
             }
-            c.state = cstate::parked;  // send_next makes it busy
-            send_next(i, c.t0);        // the first round trip includes the handshake
+            c.state = cstate::parked;  // start() makes it busy
+            // One message to open; its round trip includes the handshake.
+            start(i, c.t0, c.seq + 1);
             return;
         }
-        if (c.state == cstate::busy && (ev.events & EPOLLOUT) && c.sent < o_.size) send_rest(i);
+        if (c.state == cstate::busy && (ev.events & EPOLLOUT)) pump(i, now_ns());
         if (c.state == cstate::busy && (ev.events & (EPOLLIN | EPOLLERR | EPOLLHUP))) on_readable(i);
         else if (c.state == cstate::parked && (ev.events & (EPOLLIN | EPOLLERR | EPOLLHUP))) {
             // Nothing is owed to a parked connection: this is EOF, an error or stray bytes.
@@ -589,8 +644,7 @@ private:
 
     void on_readable(std::size_t i) {
         connection& c = conns_[i];
-        std::size_t want = std::min<std::size_t>(o_.size - c.rcvd, scratch_.size());
-        ssize_t r = ::read(c.fd, scratch_.data(), want);
+        ssize_t r = ::read(c.fd, scratch_.data(), scratch_.size());
         if (r < 0) {
             if (errno == EAGAIN || errno == EINTR) return;
             note_error("read", errno);
@@ -604,37 +658,54 @@ private:
             kill(i);
             return;
         }
-        auto n = std::uint32_t(r);
-        if (c.rcvd + n > c.sent || std::memcmp(scratch_.data(), message(i, c.seq) + c.rcvd, n) != 0) {
-            note_error("echoed bytes differ from those sent", 0);
+        auto n = std::size_t(r);
+        std::uint64_t sent_bytes = std::uint64_t(c.sseq) * o_.size + c.sent;
+        std::uint64_t rcvd_bytes = std::uint64_t(c.seq) * o_.size + c.rcvd;
+        if (rcvd_bytes + n > sent_bytes) {
+            note_error("more bytes came back than were sent", 0);
             ++errs_.mismatch;
             kill(i);
             return;
         }
-        c.rcvd += n;
-        if (c.rcvd < o_.size) return;
-        // A round trip is complete.
-        std::uint64_t now = now_ns();
-        if (recording_) {
-            hist_.add(now - c.t0);
-            ++round_trips_;
+        std::uint64_t now = 0;
+        // The bytes may end one message and begin the next (pipelining): check them in order.
+        for (std::size_t off = 0; off < n;) {
+            std::size_t part = std::min<std::size_t>(n - off, o_.size - c.rcvd);
+            if (std::memcmp(scratch_.data() + off, message(i, c.seq) + c.rcvd, part) != 0) {
+                note_error("echoed bytes differ from those sent", 0);
+                ++errs_.mismatch;
+                kill(i);
+                return;
+            }
+            off += part;
+            c.rcvd += std::uint32_t(part);
+            if (c.rcvd < o_.size) break;
+            // A round trip is complete.
+            if (now == 0) now = now_ns();
+            if (recording_) {
+                hist_.add(now - sent_at(i, c.seq));
+                ++round_trips_;
+            }
+            ++c.seq;
+            c.rcvd = 0;
         }
-        ++c.seq;
+        if (now == 0) return;  // no message completed
+        if (c.seq < c.limit) {
+            pump(i, now);  // the next messages go out as the echoes come back
+            if (c.in_flight() > 0) return;
+        }
+        // Every message allowed in this phase is back.
         switch (phase_) {
         case phase::open:
             park(i);
             --pending_;
             ++opened_;
             break;
-        case phase::run:
-            if (o_.rounds > 0 && long(c.seq) > o_.rounds) park(i);  // seq counts the opening trip too
-            else send_next(i, now);
-            break;
         case phase::verify:
             park(i);
             ++verified_;
             break;
-        default:  // drain
+        default:  // run (with --rounds) and drain
             park(i);
             break;
         }
@@ -650,7 +721,7 @@ private:
     void verify_more() {
         while (busy_ < 1000 && next_verify_ < conns_.size()) {
             std::size_t i = next_verify_++;
-            if (conns_[i].state == cstate::parked) send_next(i, now_ns());
+            if (conns_[i].state == cstate::parked) start(i, now_ns(), conns_[i].seq + 1);
         }
     }
 
@@ -675,9 +746,9 @@ private:
         int alive = 0;
         for (auto& c : conns_) alive += c.state == cstate::parked;
         double rps = window_s_ > 0 ? double(round_trips_) / window_s_ : 0;
-        std::printf("{\"mode\": \"%s\", \"conns\": %d, \"size\": %zu, \"sources\": %d, \"opened\": %d, "
-                    "\"open_s\": %.3f, \"alive_at_end\": %d, ",
-                    o_.idle ? "idle" : "pingpong", o_.conns, o_.size, o_.sources, opened_, open_s_, alive);
+        std::printf("{\"mode\": \"%s\", \"conns\": %d, \"size\": %zu, \"pipeline\": %d, \"sources\": %d, "
+                    "\"opened\": %d, \"open_s\": %.3f, \"alive_at_end\": %d, ",
+                    o_.idle ? "idle" : "pingpong", o_.conns, o_.size, o_.pipeline, o_.sources, opened_, open_s_, alive);
         if (o_.idle) {
             std::printf("\"rss_base_kib\": %ld, \"rss_kib\": %ld, \"verified\": %d, ", rss_base_kib_, rss_kib_,
                         verified_);
@@ -703,6 +774,7 @@ private:
     int epfd_ = -1;
     std::vector<unsigned char> pattern_;
     std::vector<unsigned char> scratch_;
+    std::vector<std::uint64_t> sent_at_;  // when each message in flight began, --pipeline per connection
     std::vector<connection> conns_;
     histogram hist_;
     errors errs_;
