@@ -235,24 +235,6 @@ ringio::task<> serve_loop(const program& p, const listen_options& opt, Handler& 
     co_await shut_down(me.server);
 }
 
-/// The life of a TCP server with --threads N (N > 1): serve_loop() on each of N loops, then
-/// "NAME: connections per loop: A B ..." on stderr (it shows how SO_REUSEPORT spread them).
-template <class Handler>
-int serve_threads(const program& p, const listen_options& opt, Handler handler,
-                  ringio::task<> (*shut_down)(ringio::server&)) {
-    std::vector<loop_server> loops(opt.threads);
-    try {
-        ringio::run_threads(opt.threads, [&](std::size_t i) { return serve_loop(p, opt, handler, shut_down, loops, i); });
-    } catch (const std::exception& e) {
-        fmt::print(stderr, "{}: {}\n", p.name, e.what());
-        return 1;
-    }
-    std::vector<std::size_t> accepted;
-    for (const loop_server& l : loops) accepted.push_back(l.accepted);
-    fmt::print(stderr, "{}: connections per loop: {}\n", p.name, fmt::join(accepted, " "));
-    return 0;
-}
-
 /// The exit status of an example when this machine cannot set up an io_uring (a kernel without
 /// it, a container's seccomp profile, kernel.io_uring_disabled): 77, the tests' "skipped".
 inline constexpr int exit_no_io_uring = 77;
@@ -275,6 +257,30 @@ inline int run(const program& p, ringio::task<int> main_task) {
         fmt::print(stderr, "{}: {}\n", p.name, e.what());
         return 1;
     }
+}
+
+/// The life of a TCP server with --threads N (N > 1): serve_loop() on each of N loops, then
+/// "NAME: connections per loop: A B ..." on stderr (it shows how SO_REUSEPORT spread them).
+template <class Handler>
+int serve_threads(const program& p, const listen_options& opt, Handler handler,
+                  ringio::task<> (*shut_down)(ringio::server&)) {
+    try {  // as run(): where io_uring cannot be set up, say why and exit 77, before any thread starts
+        ringio::event_loop probe;
+    } catch (const std::system_error& e) {
+        fmt::print(stderr, "{}: {}\n", p.name, e.what());
+        return exit_no_io_uring;
+    }
+    std::vector<loop_server> loops(opt.threads);
+    try {
+        ringio::run_threads(opt.threads, [&](std::size_t i) { return serve_loop(p, opt, handler, shut_down, loops, i); });
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "{}: {}\n", p.name, e.what());
+        return 1;
+    }
+    std::vector<std::size_t> accepted;
+    for (const loop_server& l : loops) accepted.push_back(l.accepted);
+    fmt::print(stderr, "{}: connections per loop: {}\n", p.name, fmt::join(accepted, " "));
+    return 0;
 }
 
 /// main() of a TCP server that takes --host and --port (and --threads N when p.threads is set):
