@@ -148,6 +148,7 @@ public:
         bool more = flags & IORING_CQE_F_MORE;
         if (res >= 0 && (flags & IORING_CQE_F_BUFFER)) {
             auto bid = static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+            ring->taken();
             if (recv_waiter* w = waiters.front())
                 deliver(w, bid, static_cast<unsigned>(res));
             else

@@ -83,7 +83,7 @@ task<> run_connection(std::shared_ptr<server_state> st, int fd) {
         } catch (const std::system_error&) {
         }
     }
-    auto [reader, writer] = make_streams(std::move(s), st->options.limit);
+    auto [reader, writer] = make_streams(std::move(s), stream_options{st->options.limit, st->options.read_timeout});
     // Our own reference to the shared stream state, for close_clients()/abort_clients().
     struct stream_ref {
         stream_state* p;
@@ -102,6 +102,8 @@ task<> run_connection(std::shared_ptr<server_state> st, int fd) {
         co_await st->handler(std::move(reader), std::move(writer));
     } catch (const cancelled_error&) {
         failure = std::current_exception();
+    } catch (const timeout_error&) {
+        // server_options::read_timeout expired: closing the connection is the expected outcome
     } catch (...) {
         log(log_level::error, "connection handler for {} failed: {}", ss->peer(), describe(std::current_exception()));
     }
@@ -194,6 +196,8 @@ task<> run_listener(std::shared_ptr<server_state> st, listener* l) {
 }
 
 void start_listeners(const std::shared_ptr<server_state>& st) {
+    // The streams' shared receive buffers, set up before the first client rather than with it.
+    (void)event_loop::running().stream_buffers();
     event_loop& loop = event_loop::running();
     for (socket& s : st->sockets) {
         auto l = std::make_unique<listener>(s);

@@ -61,6 +61,32 @@ stream_state::stream_state(socket s, std::size_t lim) : sock(std::move(s)), limi
     send_req_.complete = [](io_request* r, int res, std::uint32_t) noexcept {
         static_cast<send_request*>(r)->st->on_sent(res);
     };
+    bufs_ = loop_->stream_buffers();
+    if (bufs_) {
+        recv_req_.st = this;
+        recv_req_.prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
+            stream_state* st = static_cast<recv_request*>(r)->st;
+            st->recycled_mark_ = st->bufs_->recycled();
+            io_uring_prep_recv_multishot(sqe, st->sock.fd(), nullptr, 0, 0);
+            sqe->flags |= IOSQE_BUFFER_SELECT;
+            sqe->buf_group = st->bufs_->group();
+        };
+        recv_req_.complete = [](io_request* r, int res, std::uint32_t flags) noexcept {
+            static_cast<recv_request*>(r)->st->on_recv(res, flags);
+        };
+        pause_req_.st = this;
+        pause_req_.prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
+            io_uring_prep_cancel(sqe, &static_cast<recv_request*>(r)->st->recv_req_, 0);
+        };
+        pause_req_.complete = [](io_request* r, int, std::uint32_t) noexcept {
+            static_cast<recv_request*>(r)->st->sock.state_ptr()->end();  // may free the state
+        };
+        buffers_back_.st = this;
+        buffers_back_.ready = [](buffer_waiter* w) noexcept {
+            stream_state* st = static_cast<buffers_back*>(w)->st;
+            st->arm_recv();  // even if its reader left: the next buffer returned must wake someone
+        };
+    }
     socket_state* ss = sock.state_ptr();
     ss->idle_hook = &stream_state::on_socket_idle;
     ss->idle_ctx = this;
@@ -69,6 +95,14 @@ stream_state::stream_state(socket s, std::size_t lim) : sock(std::move(s)), limi
     try {
         peer_ = sock.remote_endpoint();
     } catch (const std::system_error&) {
+    }
+}
+
+stream_state::~stream_state() {
+    if (bufs_) {
+        buffer_ring::cancel_wait(&buffers_back_);
+        for (; chunk_count_ > 0; --chunk_count_, chunk_head_ = (chunk_head_ + 1) % max_chunks)
+            bufs_->recycle(chunks_[chunk_head_].bid);
     }
 }
 
@@ -103,9 +137,166 @@ void stream_state::begin_read() {
     reading_ = true;
 }
 
+// ---- receiving on the shared buffer ring ----
+//
+// One multishot receive per connection, armed when a read first finds nothing buffered. The
+// kernel fills a ring buffer per arrival; a waiting reader copies straight out of it and gives
+// it back, so a buffer is held only from its arrival to its reading, never by an idle
+// connection. Data arriving while no reader waits is copied into rbuf (the buffer goes back at
+// once), and past max(2 * limit, 64 KiB) buffered the receive is cancelled until the next read
+// (asyncio's pause_reading), so a peer cannot fill the server's memory.
+
+void stream_state::arm_recv() {
+    if (armed_ || recv_done()) return;
+    armed_ = true;
+    // No reference: the socket's in-flight count keeps this state alive until the receive
+    // ends, and the reader and writer going away must still close the connection.
+    socket_state* ss = sock.state_ptr();
+    ss->loop = loop_;
+    ss->begin();
+    loop_->submit_later(&recv_req_);
+}
+
+void stream_state::push_chunk(std::uint16_t bid, std::uint32_t len) noexcept {
+    if (chunk_count_ == max_chunks) spill_front();
+    chunks_[(chunk_head_ + chunk_count_) % max_chunks] = chunk{bid, 0, len};
+    ++chunk_count_;
+    chunk_bytes_ += len;
+}
+
+void stream_state::spill_front() noexcept {
+    chunk& c = chunks_[chunk_head_];
+    std::size_t n = c.len - c.off;
+    try {
+        std::memcpy(rbuf.prepare(n).data(), bufs_->buffer(c.bid) + c.off, n);
+        rbuf.commit(n);
+    } catch (const std::bad_alloc&) {
+        // Out of memory for the data: fail the connection rather than lose bytes silently.
+        if (recv_error_ == 0) recv_error_ = ENOMEM;
+    }
+    chunk_bytes_ -= n;
+    bufs_->recycle(c.bid);
+    chunk_head_ = (chunk_head_ + 1) % max_chunks;
+    --chunk_count_;
+}
+
+void stream_state::spill_all() noexcept {
+    while (chunk_count_ > 0) spill_front();
+}
+
+std::size_t stream_state::copy_received(std::span<std::byte> out) noexcept {
+    std::size_t done = 0;
+    while (chunk_count_ > 0 && done < out.size()) {
+        chunk& c = chunks_[chunk_head_];
+        std::size_t n = std::min<std::size_t>(c.len - c.off, out.size() - done);
+        std::memcpy(out.data() + done, bufs_->buffer(c.bid) + c.off, n);
+        done += n;
+        c.off += static_cast<std::uint32_t>(n);
+        chunk_bytes_ -= n;
+        if (c.off == c.len) {
+            bufs_->recycle(c.bid);
+            chunk_head_ = (chunk_head_ + 1) % max_chunks;
+            --chunk_count_;
+        }
+    }
+    // The rest goes to rbuf: a buffer is never held while the reader's caller runs (it may
+    // wait on something that needs this very buffer back, e.g. its own drain()).
+    spill_all();
+    return done;
+}
+
+void stream_state::on_recv(int res, std::uint32_t flags) noexcept {
+    bool more = flags & IORING_CQE_F_MORE;
+    if (flags & IORING_CQE_F_BUFFER) {
+        auto bid = static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+        bufs_->taken();
+        if (res > 0 && !closing)
+            push_chunk(bid, static_cast<std::uint32_t>(res));
+        else
+            bufs_->recycle(bid);
+    }
+    if (res == 0)
+        eof_received_ = true;
+    else if (res < 0 && res != -ENOBUFS && res != -ECANCELED && recv_error_ == 0)
+        recv_error_ = -res;
+    if (!reader_ && !reader_woken_) {
+        spill_all();  // nobody to hand the buffers to: they go back now
+        if (armed_ && more && !pausing_ && rbuf.size() >= std::max<std::size_t>(2 * limit, 64 * 1024)) {
+            pausing_ = true;
+            sock.state_ptr()->begin();
+            loop_->submit_later(&pause_req_);
+        }
+    }
+    if (!more) {
+        armed_ = false;
+        pausing_ = false;
+        if (reader_ && chunk_count_ == 0 && !recv_done()) {
+            // Out of buffers (ENOBUFS) or stopped for another reason while a reader waits. If
+            // no buffer came back since the receive was armed, wait for one (every taken buffer
+            // is about to be read and given back); otherwise try again at once.
+            if (res == -ENOBUFS && bufs_->recycled() == recycled_mark_)
+                bufs_->wait(&buffers_back_);
+            else
+                arm_recv();
+        }
+    }
+    if (reader_ && (chunk_count_ > 0 || recv_done())) wake_reader();
+    if (!more) sock.state_ptr()->end();  // last: may finish a close and free this
+}
+
+void stream_state::wake_reader() noexcept {
+    if (!reader_) return;
+    reader_woken_ = true;  // until it runs, what arrives stays in the ring's buffers for it
+    loop_->wake(reader_task_, std::exchange(reader_, {}));
+}
+
+task<> stream_state::wait_received() {
+    struct awaiter : suspend_point {
+        stream_state* st;
+        bool cancelled = false;
+        bool await_ready() const noexcept { return false; }
+        bool await_suspend(std::coroutine_handle<> h) {
+            task_base* t = st->loop_->current_task();
+            if (t->take_cancel()) {
+                cancelled = true;
+                return false;
+            }
+            st->reader_ = h;
+            st->reader_task_ = t;
+            on_cancel = [](suspend_point* sp) noexcept {
+                auto* a = static_cast<awaiter*>(sp);
+                a->cancelled = true;
+                buffer_ring::cancel_wait(&a->st->buffers_back_);
+                a->st->wake_reader();  // the receive stays armed: what arrives waits in rbuf
+            };
+            t->suspended_at = this;
+            if (!st->buffers_back_.linked()) st->arm_recv();
+            return true;
+        }
+        void await_resume() {
+            st->reader_woken_ = false;
+            if (cancelled) {
+                st->loop_->current_task()->take_cancel();
+                throw cancelled_error();
+            }
+        }
+    };
+    co_await awaiter{{}, this};
+}
+
+// After close() the stream reads nothing more (as asyncio's transport stops reading): that is
+// its EOF, so read_until/read_line end instead of asking again.
 task<std::size_t> stream_state::recv_into(std::span<std::byte> buf) {
-    // After close() the stream reads nothing more (as asyncio's transport stops reading): that
-    // is its EOF, so read_until/read_line end instead of asking again.
+    if (bufs_) {
+        if (!co_await wait_data()) co_return 0;
+        if (!rbuf.empty()) {  // spilled while this reader waited to run
+            std::size_t n = std::min(buf.size(), rbuf.size());
+            std::memcpy(buf.data(), rbuf.data(), n);
+            rbuf.consume(n);
+            co_return n;
+        }
+        co_return copy_received(buf);
+    }
     if (eof || closing) {
         eof = true;
         co_return 0;
@@ -120,7 +311,44 @@ task<std::size_t> stream_state::recv_into(std::span<std::byte> buf) {
     co_return r.value();
 }
 
+task<bool> stream_state::wait_data() {
+    while (rbuf.empty() && chunk_count_ == 0) {
+        if (recv_error_ != 0) throw io_error(recv_error_, "read from");
+        if (recv_done()) {
+            eof = true;
+            co_return false;
+        }
+        co_await wait_received();
+    }
+    co_return true;
+}
+
+task<std::string> stream_state::take_received(std::size_t n) {
+    if (!co_await wait_data()) co_return std::string();
+    if (!rbuf.empty()) {
+        std::string out(rbuf.view().substr(0, n));
+        rbuf.consume(out.size());
+        co_return out;
+    }
+    std::string out(std::min(n, chunk_bytes_), '\0');
+    copy_received(std::as_writable_bytes(std::span(out)));
+    co_return out;
+}
+
 task<bool> stream_state::fill(std::size_t hint) {
+    if (bufs_) {
+        std::size_t had = rbuf.size();
+        while (rbuf.size() == had && chunk_count_ == 0) {
+            if (recv_error_ != 0) throw io_error(recv_error_, "read from");
+            if (recv_done()) {
+                eof = true;
+                co_return false;
+            }
+            co_await wait_received();
+        }
+        spill_all();
+        co_return true;
+    }
     std::span<std::byte> room = rbuf.prepare(std::clamp(hint, min_chunk, max_chunk));
     std::size_t n = co_await recv_into(room);
     rbuf.commit(n);
@@ -292,6 +520,11 @@ void stream_state::maybe_finish_close() noexcept {
 
 void stream_state::finish_close() noexcept {
     closed = true;
+    if (bufs_) {
+        buffer_ring::cancel_wait(&buffers_back_);
+        spill_all();  // what arrived before the close stays readable
+        wake_reader();
+    }
     ::close(sock.release());
     closed_event_.set();
     wake_drainer();
@@ -347,27 +580,30 @@ stream_reader::~stream_reader() {
     if (s_) s_->release();
 }
 
-task<std::string> stream_reader::read(std::size_t n) {
-    read_guard g(s_);
+namespace {
+
+task<std::string> do_read(detail::stream_state* s, std::size_t n) {
+    read_guard g(s);
     if (n == 0) co_return std::string();
-    if (s_->rbuf.empty() && !co_await s_->fill(n)) co_return std::string();
-    co_return take(s_->rbuf, n);
+    if (s->rbuf.empty() && s->has_buffer_ring()) co_return co_await s->take_received(n);
+    if (s->rbuf.empty() && !co_await s->fill(n)) co_return std::string();
+    co_return take(s->rbuf, n);
 }
 
-task<std::size_t> stream_reader::read_some(std::span<std::byte> buf) {
-    read_guard g(s_);
+task<std::size_t> do_read_some(detail::stream_state* s, std::span<std::byte> buf) {
+    read_guard g(s);
     if (buf.empty()) co_return 0;
-    detail::byte_buffer& b = s_->rbuf;
-    if (b.empty()) co_return co_await s_->recv_into(buf);  // straight into the caller's memory
+    detail::byte_buffer& b = s->rbuf;
+    if (b.empty()) co_return co_await s->recv_into(buf);  // straight into the caller's memory
     std::size_t n = std::min(buf.size(), b.size());
     std::memcpy(buf.data(), b.data(), n);
     b.consume(n);
     co_return n;
 }
 
-task<std::string> stream_reader::read_exactly(std::size_t n) {
-    read_guard g(s_);
-    detail::byte_buffer& b = s_->rbuf;
+task<std::string> do_read_exactly(detail::stream_state* s, std::size_t n) {
+    read_guard g(s);
+    detail::byte_buffer& b = s->rbuf;
     if (b.size() < n && n - b.size() >= detail::direct_threshold) {
         // Large: the rest goes straight into the result. If this is cancelled or fails, what
         // was read goes back into the buffer: nothing is lost.
@@ -379,7 +615,7 @@ task<std::string> stream_reader::read_exactly(std::size_t n) {
         std::exception_ptr failure;
         try {
             while (have < n) {
-                std::size_t got = co_await s_->recv_into(dest.subspan(have));
+                std::size_t got = co_await s->recv_into(dest.subspan(have));
                 if (got == 0) break;
                 have += got;
             }
@@ -387,7 +623,7 @@ task<std::string> stream_reader::read_exactly(std::size_t n) {
             failure = std::current_exception();
         }
         if (failure) {
-            s_->unread(dest.first(have));
+            s->unread(dest.first(have));
             std::rethrow_exception(failure);
         }
         if (have < n) {
@@ -398,7 +634,7 @@ task<std::string> stream_reader::read_exactly(std::size_t n) {
     }
     // Small: gather in the buffer, take when complete (a cancellation leaves it all there).
     while (b.size() < n) {
-        if (!co_await s_->fill(n - b.size())) {
+        if (!co_await s->fill(n - b.size())) {
             std::string partial(b.view());
             b.clear();
             throw incomplete_read_error(std::move(partial), n);
@@ -407,13 +643,13 @@ task<std::string> stream_reader::read_exactly(std::size_t n) {
     co_return take(b, n);
 }
 
-task<> stream_reader::read_exactly(std::span<std::byte> buf) {
-    read_guard g(s_);
-    detail::byte_buffer& b = s_->rbuf;
+task<> do_read_exactly_into(detail::stream_state* s, std::span<std::byte> buf) {
+    read_guard g(s);
+    detail::byte_buffer& b = s->rbuf;
     if (buf.size() - std::min(buf.size(), b.size()) < detail::direct_threshold) {
         // Small: gather in the buffer (where a cancellation leaves it), copy when complete.
         while (b.size() < buf.size()) {
-            if (!co_await s_->fill(buf.size() - b.size())) {
+            if (!co_await s->fill(buf.size() - b.size())) {
                 std::string partial(b.view());
                 b.clear();
                 throw incomplete_read_error(std::move(partial), buf.size());
@@ -430,7 +666,7 @@ task<> stream_reader::read_exactly(std::span<std::byte> buf) {
     std::exception_ptr failure;
     try {
         while (have < buf.size()) {
-            std::size_t got = co_await s_->recv_into(buf.subspan(have));
+            std::size_t got = co_await s->recv_into(buf.subspan(have));
             if (got == 0) break;
             have += got;
         }
@@ -438,27 +674,27 @@ task<> stream_reader::read_exactly(std::span<std::byte> buf) {
         failure = std::current_exception();
     }
     if (failure) {  // cancelled or failed: what was read goes back, nothing is lost
-        s_->unread(buf.first(have));
+        s->unread(buf.first(have));
         std::rethrow_exception(failure);
     }
     if (have < buf.size())
         throw incomplete_read_error(std::string(reinterpret_cast<const char*>(buf.data()), have), buf.size());
 }
 
-task<std::string> stream_reader::read_until(std::string_view separator) {
-    read_guard g(s_);
-    co_return co_await s_->read_until(separator);
+task<std::string> do_read_until(detail::stream_state* s, std::string_view separator) {
+    read_guard g(s);
+    co_return co_await s->read_until(separator);
 }
 
-task<std::string> stream_reader::read_line() {
-    read_guard g(s_);
+task<std::string> do_read_line(detail::stream_state* s) {
+    read_guard g(s);
     try {
-        co_return co_await s_->read_until("\n");
+        co_return co_await s->read_until("\n");
     } catch (incomplete_read_error& e) {
         co_return std::string(e.partial());
     } catch (const limit_overrun_error& e) {
         // asyncio: drop the over-long line through its newline if buffered, else all of it.
-        detail::byte_buffer& b = s_->rbuf;
+        detail::byte_buffer& b = s->rbuf;
         std::string_view data = b.view();
         if (data.size() > e.consumed() && data[e.consumed()] == '\n')
             b.consume(e.consumed() + 1);
@@ -468,8 +704,27 @@ task<std::string> stream_reader::read_line() {
     }
 }
 
+}  // namespace
+
+// With a read timeout, each call as a whole must finish in time (a slowloris peer sending a
+// byte a second never completes a line); the read is cancel-safe, so nothing is lost.
+template <class T>
+task<T> stream_reader::timed(task<T> t) {
+    if (s_ && s_->read_timeout) return wait_for(std::move(t), *s_->read_timeout);
+    return t;
+}
+
+task<std::string> stream_reader::read(std::size_t n) { return timed(do_read(s_, n)); }
+task<std::size_t> stream_reader::read_some(std::span<std::byte> buf) { return timed(do_read_some(s_, buf)); }
+task<std::string> stream_reader::read_exactly(std::size_t n) { return timed(do_read_exactly(s_, n)); }
+task<> stream_reader::read_exactly(std::span<std::byte> buf) { return timed(do_read_exactly_into(s_, buf)); }
+task<std::string> stream_reader::read_until(std::string_view separator) {
+    return timed(do_read_until(s_, separator));
+}
+task<std::string> stream_reader::read_line() { return timed(do_read_line(s_)); }
+
 bool stream_reader::at_eof() const noexcept { return s_ && s_->eof && s_->rbuf.empty(); }
-std::size_t stream_reader::buffered() const noexcept { return s_ ? s_->rbuf.size() : 0; }
+std::size_t stream_reader::buffered() const noexcept { return s_ ? s_->rbuf.size() + s_->received() : 0; }
 std::size_t stream_reader::limit() const noexcept { return s_ ? s_->limit : 0; }
 
 // ---- stream_writer ----
@@ -514,11 +769,8 @@ socket& stream_writer::transport() const { return need(s_)->sock; }
 // ---- construction ----
 
 std::pair<stream_reader, stream_writer> make_streams(socket connected, stream_options options) {
-    return detail::make_streams(std::move(connected), options.limit);
-}
-
-std::pair<stream_reader, stream_writer> detail::make_streams(socket connected, std::size_t limit) {
-    auto* st = new detail::stream_state(std::move(connected), limit);
+    auto* st = new detail::stream_state(std::move(connected), options.limit);
+    st->read_timeout = options.read_timeout;
     st->add_ref();
     st->add_ref();
     return {stream_reader(st), stream_writer(st)};
@@ -547,7 +799,7 @@ task<std::pair<stream_reader, stream_writer>> connect_any(std::vector<endpoint> 
             err = e.code().value();
             what = e.what();
         }
-        if (err == 0) co_return make_streams(std::move(s), stream_options{options.limit});
+        if (err == 0) co_return make_streams(std::move(s), stream_options{options.limit, options.read_timeout});
         last_error = err;
         if (!errors.empty()) errors += "; ";
         errors += what;

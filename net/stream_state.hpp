@@ -1,11 +1,15 @@
 // The state a stream_reader and stream_writer share. Private to net/.
 #pragma once
 
+#include <array>
+#include <chrono>
 #include <cstring>
+#include <optional>
 #include <memory>
 #include <system_error>
 #include <vector>
 
+#include "ringio/detail/buffer_ring.hpp"
 #include "ringio/event.hpp"
 #include "ringio/stream.hpp"
 
@@ -93,6 +97,11 @@ public:
     task<bool> fill(std::size_t hint);
     /// Receives straight into buf; 0 at EOF.
     task<std::size_t> recv_into(std::span<std::byte> buf);
+    /// Up to n bytes, when rbuf is empty: straight from the received buffers (one copy).
+    task<std::string> take_received(std::size_t n);
+    /// Bytes received into the shared buffer ring and not yet read (they follow rbuf).
+    [[nodiscard]] std::size_t received() const noexcept { return chunk_bytes_; }
+    [[nodiscard]] bool has_buffer_ring() const noexcept { return bufs_ != nullptr; }
     task<std::string> read_until(std::string_view sep);
     void begin_read();
     void end_read() noexcept { reading_ = false; }
@@ -115,6 +124,7 @@ public:
     socket sock;
     byte_buffer rbuf;
     std::size_t limit;
+    std::optional<std::chrono::nanoseconds> read_timeout;
     std::size_t high = 64 * 1024;
     std::size_t low = 16 * 1024;
     bool eof = false;
@@ -122,7 +132,49 @@ public:
     bool closed = false;
 
 private:
-    ~stream_state() = default;
+    ~stream_state();
+
+    // ---- receiving on the loop's shared buffer ring (multishot), where the kernel has it ----
+    // Received data is, in order: rbuf, then chunks_ (buffers still in the ring's memory).
+    struct chunk {
+        std::uint16_t bid;
+        std::uint32_t off;
+        std::uint32_t len;
+    };
+    static constexpr unsigned max_chunks = 8;
+    struct recv_request : io_request {
+        stream_state* st = nullptr;
+    };
+    struct buffers_back : buffer_waiter {
+        stream_state* st = nullptr;
+    };
+    void arm_recv();
+    void on_recv(int res, std::uint32_t flags) noexcept;
+    void push_chunk(std::uint16_t bid, std::uint32_t len) noexcept;
+    void spill_front() noexcept;  // the first chunk into rbuf
+    void spill_all() noexcept;
+    std::size_t copy_received(std::span<std::byte> out) noexcept;
+    task<> wait_received();
+    task<bool> wait_data();  // until rbuf or the chunks hold data (true), or EOF (false)
+    void wake_reader() noexcept;
+    [[nodiscard]] bool recv_done() const noexcept { return eof_received_ || recv_error_ != 0 || closing; }
+
+    std::shared_ptr<buffer_ring> bufs_;  // null: one receive per read, into rbuf or the caller's memory
+    recv_request recv_req_;
+    recv_request pause_req_;  // cancels recv_req_ while too much is buffered
+    buffers_back buffers_back_;
+    std::uint32_t recycled_mark_ = 0;  // the ring's recycled() when recv_req_ was submitted
+    std::array<chunk, max_chunks> chunks_{};
+    std::uint8_t chunk_head_ = 0;
+    std::uint8_t chunk_count_ = 0;
+    bool armed_ = false;
+    bool pausing_ = false;
+    bool eof_received_ = false;
+    int recv_error_ = 0;
+    std::size_t chunk_bytes_ = 0;
+    std::coroutine_handle<> reader_;
+    task_base* reader_task_ = nullptr;
+    bool reader_woken_ = false;
 
     enum class send_kind : std::uint8_t { send, shutdown, nop };
     struct send_request : io_request {
@@ -163,6 +215,5 @@ struct stream_access {
     static stream_state* state(const stream_writer& w) noexcept { return w.s_; }
 };
 
-std::pair<stream_reader, stream_writer> make_streams(socket connected, std::size_t limit);
 
 }  // namespace ringio::detail

@@ -2,14 +2,15 @@
 
 #include <sys/mman.h>
 
+#include <cstring>
 #include <system_error>
 
 #include "ring.hpp"
 
 namespace ringio::detail {
 
-buffer_ring::buffer_ring(event_loop& loop, unsigned count, std::size_t size)
-    : loop_(loop), size_(size), count_(count), group_(loop.next_buffer_group()) {
+buffer_ring::buffer_ring(event_loop& loop, unsigned count, std::size_t size, bool prefault)
+    : loop_(&loop), size_(size), count_(count), group_(loop.next_buffer_group()) {
     if (count == 0 || (count & (count - 1)) != 0 || count > 32768)
         throw std::invalid_argument("ringio: buffer ring size must be a power of two up to 32768");
     ring_bytes_ = count * sizeof(io_uring_buf);
@@ -27,6 +28,7 @@ buffer_ring::buffer_ring(event_loop& loop, unsigned count, std::size_t size)
     }
     io_uring_buf_ring_init(ring_);
     data_ = std::make_unique_for_overwrite<std::byte[]>(count * size);
+    if (prefault) std::memset(data_.get(), 0, count * size);
     int mask = io_uring_buf_ring_mask(count);
     for (unsigned i = 0; i < count; ++i)
         io_uring_buf_ring_add(ring_, buffer(static_cast<std::uint16_t>(i)), static_cast<unsigned>(size),
@@ -35,13 +37,24 @@ buffer_ring::buffer_ring(event_loop& loop, unsigned count, std::size_t size)
 }
 
 buffer_ring::~buffer_ring() {
-    io_uring_unregister_buf_ring(&loop_.ring_->raw, group_);
+    detach();
     ::munmap(ring_, ring_bytes_);
+}
+
+void buffer_ring::detach() noexcept {
+    if (!loop_) return;
+    io_uring_unregister_buf_ring(&loop_->ring_->raw, group_);
+    loop_ = nullptr;
 }
 
 void buffer_ring::recycle(std::uint16_t id) noexcept {
     io_uring_buf_ring_add(ring_, buffer(id), static_cast<unsigned>(size_), id, io_uring_buf_ring_mask(count_), 0);
     io_uring_buf_ring_advance(ring_, 1);
+    ++recycled_;
+    // Every waiter tries again: waking only one loses the wake-up when that one finds EOF and
+    // takes no buffer. Those that lose the race wait again (the ring runs dry only under load).
+    // (ready() only queues a new receive; it never waits again synchronously.)
+    while (buffer_waiter* w = waiters_.pop_front()) w->ready(w);
 }
 
 }  // namespace ringio::detail

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "ring.hpp"
+#include "ringio/detail/buffer_ring.hpp"
 #include "ringio/log.hpp"
 
 namespace ringio {
@@ -32,6 +33,10 @@ event_loop::event_loop(loop_options options) {
         max_inflight_ = options.max_in_flight;
     else
         max_inflight_ = features_.nodrop ? std::numeric_limits<std::size_t>::max() : features_.cq_entries / 2;
+    if (features_.recv_multishot && features_.buf_ring) {
+        stream_buffer_count_ = options.stream_buffers;
+        stream_buffer_size_ = options.stream_buffer_size;
+    }
     wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (wake_fd_ < 0) throw make_system_error(errno, "ringio: eventfd for the loop's wake-up");
     wake_req_.loop = this;
@@ -63,6 +68,9 @@ event_loop::~event_loop() {
         item->run(item, false);
         item = next;
     }
+    // Streams that outlive the loop may still hold the ring: it stays valid memory for them.
+    if (stream_buffers_) stream_buffers_->detach();
+    stream_buffers_.reset();
     if (saved_sigmask_) pthread_sigmask(SIG_SETMASK, reinterpret_cast<sigset_t*>(saved_sigmask_.get()), nullptr);
     ::close(wake_fd_);
     ring_.reset();
@@ -70,6 +78,19 @@ event_loop::~event_loop() {
 }
 
 event_loop* event_loop::current() noexcept { return tls_loop; }
+
+const std::shared_ptr<detail::buffer_ring>& event_loop::stream_buffers() {
+    if (!stream_buffers_ && stream_buffer_count_ > 0) {
+        unsigned count = std::exchange(stream_buffer_count_, 0);
+        try {
+            stream_buffers_ = std::make_shared<detail::buffer_ring>(*this, count, stream_buffer_size_, true);
+        } catch (const std::exception& e) {
+            // Streams then receive into their own memory: slower and larger, but correct.
+            log(log_level::warning, "stream receive buffers unavailable ({}); using one receive per read", e.what());
+        }
+    }
+    return stream_buffers_;
+}
 
 void detail::defer_resume(std::coroutine_handle<> h) noexcept { tls_loop->inline_next_ = h; }
 

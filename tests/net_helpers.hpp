@@ -22,10 +22,10 @@ using namespace std::chrono_literals;
 
 /// Runs `body` on a fresh loop; past `limit` it is cancelled and the test fails with
 /// timeout_error instead of hanging.
-inline void run_bounded(ringio::task<> body, std::chrono::seconds limit = 15s) {
+inline void run_bounded(ringio::task<> body, std::chrono::seconds limit = 15s, ringio::loop_options options = {}) {
     ringio::run([](ringio::task<> b, std::chrono::seconds l) -> ringio::task<> {
         co_await ringio::wait_for(std::move(b), l);
-    }(std::move(body), limit));
+    }(std::move(body), limit), options);
 }
 
 /// Awaits `t` (a task or a task_handle) and returns the exception of type E it threw (nullopt if

@@ -71,6 +71,13 @@ struct loop_options {
     /// unbounded where the kernel keeps them (IORING_FEAT_NODROP, 5.5+) and the loop flushes
     /// them, since an idle connection's receive may stay in flight for hours.
     std::size_t max_in_flight = 0;
+    /// Receive buffers shared by every stream of the loop (a provided buffer ring, where the
+    /// kernel has multishot receive): a connection holds one only between the data's arrival
+    /// and its reading, so an idle connection holds none. A power of two; 0 = every stream
+    /// receives into its own memory instead. Allocated (and touched) when the first stream or
+    /// server starts. When all are taken, receives wait until one is given back.
+    unsigned stream_buffers = 1024;
+    unsigned stream_buffer_size = 4096;
 };
 
 /// An io_uring event loop. Create it on the thread that runs it; it is bound to that thread.
@@ -138,6 +145,9 @@ public:
 
     /// A buffer group id not yet used on this loop (for detail::buffer_ring).
     [[nodiscard]] std::uint16_t next_buffer_group() noexcept { return next_bgid_++; }
+    /// The receive buffers streams share (loop_options::stream_buffers), set up on first use;
+    /// null when the kernel lacks multishot receive or provided buffer rings, or they are off.
+    [[nodiscard]] const std::shared_ptr<detail::buffer_ring>& stream_buffers();
 
     /// Keeps signals blocked in this thread (for wait_signal) until the loop is destroyed.
     void block_signals(const void* sigset);
@@ -184,6 +194,9 @@ private:
     detail::clock::time_point now_;
     bool stopping_ = false;
     std::uint16_t next_bgid_ = 0;
+    std::shared_ptr<detail::buffer_ring> stream_buffers_;
+    unsigned stream_buffer_count_ = 0;  // 0 once set up, or when off or failed
+    unsigned stream_buffer_size_ = 0;
 
     // Wake-up from other threads: an eventfd read kept armed on the ring.
     int wake_fd_ = -1;

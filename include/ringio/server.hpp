@@ -7,7 +7,9 @@
 //   co_await srv.wait_closed();
 #pragma once
 
+#include <chrono>
 #include <cstddef>
+#include <optional>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -25,6 +27,10 @@ struct server_options {
     bool reuse_address = true;  // SO_REUSEADDR, as asyncio on Unix
     bool reuse_port = false;    // SO_REUSEPORT: several servers (one per thread) on one port
     std::size_t limit = default_stream_limit;
+    /// Each read on a connection must finish within this time (stream_options::read_timeout);
+    /// a handler that lets the timeout_error escape has its connection closed, without an
+    /// error logged (an idle or slowloris client is not a server error).
+    std::optional<std::chrono::nanoseconds> read_timeout{};
 };
 
 /// The handler run as its own task for each connection. When it returns, the connection is

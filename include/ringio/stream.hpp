@@ -8,6 +8,7 @@
 //   co_await writer.wait_closed();
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -89,6 +90,8 @@ public:
     [[nodiscard]] std::size_t limit() const noexcept;
 
 private:
+    template <class T>
+    task<T> timed(task<T> t);
     detail::stream_state* s_ = nullptr;
 };
 
@@ -142,6 +145,10 @@ private:
 
 struct stream_options {
     std::size_t limit = default_stream_limit;  // read_until / read_line limit
+    /// When set, every read call (read, read_some, read_exactly, read_until, read_line) must
+    /// finish within this time, else it throws timeout_error; what it had received stays
+    /// buffered. Defends a server against peers that send slowly or not at all.
+    std::optional<std::chrono::nanoseconds> read_timeout{};
 };
 
 /// Wraps a connected socket into a reader and a writer that share it.
@@ -149,6 +156,7 @@ std::pair<stream_reader, stream_writer> make_streams(socket connected, stream_op
 
 struct connect_options {
     std::size_t limit = default_stream_limit;
+    std::optional<std::chrono::nanoseconds> read_timeout{};  // see stream_options
     std::optional<endpoint> local_address;             // bind before connecting
     std::optional<std::chrono::nanoseconds> timeout;   // per address tried
     bool nodelay = true;                               // TCP_NODELAY, as asyncio

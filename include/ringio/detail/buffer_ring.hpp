@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <memory>
 
+#include "ringio/detail/intrusive_list.hpp"
+
 struct io_uring_buf_ring;
 
 namespace ringio {
@@ -14,12 +16,19 @@ class event_loop;
 
 namespace ringio::detail {
 
+/// Someone waiting for a buffer to come back to the ring (after a receive ended in ENOBUFS).
+struct buffer_waiter : list_node {
+    void (*ready)(buffer_waiter*) noexcept = nullptr;
+};
+
 class buffer_ring {
 public:
     /// Registers `count` (a power of two, <= 32768) buffers of `size` bytes under a buffer
-    /// group id unique in `loop`. Throws std::system_error if the kernel refuses.
-    buffer_ring(event_loop& loop, unsigned count, std::size_t size);
-    ~buffer_ring();  // unregisters: no operation may be using the group any more
+    /// group id unique in `loop`. With `prefault`, the memory is touched now, so that it is
+    /// resident from the start instead of growing as the kernel cycles through the buffers.
+    /// Throws std::system_error if the kernel refuses.
+    buffer_ring(event_loop& loop, unsigned count, std::size_t size, bool prefault = false);
+    ~buffer_ring();  // unregisters (unless detached): no operation may use the group any more
     buffer_ring(const buffer_ring&) = delete;
     buffer_ring& operator=(const buffer_ring&) = delete;
 
@@ -27,17 +36,42 @@ public:
     [[nodiscard]] std::size_t buffer_size() const noexcept { return size_; }
     [[nodiscard]] unsigned count() const noexcept { return count_; }
     [[nodiscard]] std::byte* buffer(std::uint16_t id) const noexcept { return data_.get() + id * size_; }
-    /// Gives buffer `id` back to the kernel.
+    /// Gives buffer `id` back to the kernel, and wakes every waiter.
     void recycle(std::uint16_t id) noexcept;
 
+    /// Records that a completion handed buffer `id` to us (for in_use()).
+    void taken() noexcept { ++taken_; }
+    /// How many buffers were given back so far (wrapping): tells whether any came back since.
+    [[nodiscard]] std::uint32_t recycled() const noexcept { return recycled_; }
+    /// Buffers handed to us by completions and not given back yet.
+    [[nodiscard]] std::uint32_t in_use() const noexcept { return taken_ - recycled_; }
+    /// How many times a receive had to wait for a buffer (the ring ran dry: ENOBUFS).
+    [[nodiscard]] std::uint64_t exhausted() const noexcept { return exhausted_; }
+    /// `w->ready` runs (once) when the next buffer is given back; it must not wait again at once.
+    void wait(buffer_waiter* w) noexcept {
+        ++exhausted_;
+        waiters_.push_back(w);
+    }
+    static void cancel_wait(buffer_waiter* w) noexcept {
+        if (w->linked()) intrusive_list<buffer_waiter>::erase(w);
+    }
+
+    /// Unregisters the group now, while the loop is alive; owners that outlive the loop may
+    /// still recycle (into memory the kernel no longer reads) and destroy the ring safely.
+    void detach() noexcept;
+
 private:
-    event_loop& loop_;
+    event_loop* loop_;
     io_uring_buf_ring* ring_ = nullptr;
     std::size_t ring_bytes_ = 0;
     std::unique_ptr<std::byte[]> data_;
     std::size_t size_;
     unsigned count_;
     std::uint16_t group_;
+    intrusive_list<buffer_waiter> waiters_;
+    std::uint32_t recycled_ = 0;
+    std::uint32_t taken_ = 0;
+    std::uint64_t exhausted_ = 0;
 };
 
 }  // namespace ringio::detail

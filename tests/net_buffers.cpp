@@ -1,0 +1,240 @@
+// Streams receiving into the loop's shared buffer ring: exhaustion (ENOBUFS) with many
+// connections and few buffers, pausing a peer that floods a reader that does not read, idle
+// connections holding no buffer, the fallback without a ring, and read timeouts.
+#include <doctest/doctest.h>
+
+#include <ringio/detail/buffer_ring.hpp>
+#include <ringio/ringio.hpp>
+
+#include <random>
+
+#include "helpers.hpp"
+#include "net_helpers.hpp"
+
+using namespace std::chrono_literals;
+using test::run_bounded;
+
+namespace {
+
+/// Bytes that differ per connection and position, so misrouted or reordered data shows.
+std::string pattern(std::size_t conn, std::size_t n) {
+    std::string s(n, '\0');
+    std::mt19937 gen(static_cast<unsigned>(conn * 7919 + 1));
+    for (char& c : s) c = static_cast<char>(gen());
+    return s;
+}
+
+/// One client: sends `total` bytes in pieces of up to `piece`, reads the echo back, checks it.
+ringio::task<bool> echo_client(std::uint16_t port, std::size_t id, std::size_t total, std::size_t piece) {
+    auto [r, w] = co_await ringio::open_connection("127.0.0.1", port);
+    std::string data = pattern(id, total);
+    auto sender = ringio::create_task([](ringio::stream_writer& wr, const std::string& d, std::size_t p) -> ringio::task<> {
+        for (std::size_t off = 0; off < d.size(); off += p) {
+            wr.write(std::string_view(d).substr(off, p));
+            co_await wr.drain();
+        }
+        wr.write_eof();
+    }(w, data, piece));
+    std::string got = co_await test::read_to_eof(r);
+    co_await sender;
+    w.close();
+    co_await w.wait_closed();
+    co_return got == data;
+}
+
+ringio::task<> echo_read(ringio::stream_reader r, ringio::stream_writer w) {
+    while (true) {
+        std::string s = co_await r.read(65536);
+        if (s.empty()) break;
+        w.write(s);
+        co_await w.drain();
+    }
+}
+
+/// `conns` clients at once against an echo server; returns how many got every byte back.
+ringio::task<std::size_t> echo_storm(std::size_t conns, std::size_t total, std::size_t piece) {
+    ringio::server_options o;
+    o.backlog = 1024;  // every client connects at once
+    auto srv = co_await ringio::start_server(echo_read, "127.0.0.1", 0, o);
+    std::vector<ringio::task_handle<bool>> clients;
+    for (std::size_t i = 0; i < conns; ++i) clients.push_back(ringio::create_task(echo_client(srv.port(), i, total, piece)));
+    std::size_t ok = 0;
+    for (auto& c : clients) ok += (co_await c) ? 1 : 0;
+    srv.close();
+    co_await srv.wait_closed();
+    co_return ok;
+}
+
+}  // namespace
+
+TEST_CASE("200 connections through 4 shared receive buffers: the ring runs dry, nothing is lost") {
+    std::size_t fds = test::open_fds();
+    ringio::loop_options options;
+    options.stream_buffers = 4;
+    options.stream_buffer_size = 4096;
+    run_bounded([]() -> ringio::task<> {
+        auto& ring = ringio::event_loop::running().stream_buffers();
+        if (!ring) {
+            MESSAGE("this kernel has no multishot receive into a buffer ring: testing the fallback");
+        }
+        std::size_t ok = co_await echo_storm(200, 64 * 1024, 5000);
+        CHECK(ok == 200);
+        if (ring) {
+            CHECK(ring->exhausted() > 0);  // receives really waited for buffers (ENOBUFS)
+            CHECK(ring->in_use() == 0);     // and every buffer went back
+        }
+    }(), 60s, options);
+    CHECK(test::open_fds() == fds);
+}
+
+TEST_CASE("without a shared buffer ring (stream_buffers = 0) streams receive into their own memory") {
+    ringio::loop_options options;
+    options.stream_buffers = 0;
+    run_bounded([]() -> ringio::task<> {
+        CHECK(ringio::event_loop::running().stream_buffers() == nullptr);
+        CHECK(co_await echo_storm(50, 32 * 1024, 3000) == 50);
+    }(), 60s, options);
+}
+
+TEST_CASE("idle connections hold no receive buffer") {
+    run_bounded([]() -> ringio::task<> {
+        auto& ring = ringio::event_loop::running().stream_buffers();
+        if (!ring) co_return;
+        auto srv = co_await ringio::start_server(echo_read, "127.0.0.1", 0);
+        std::vector<std::pair<ringio::stream_reader, ringio::stream_writer>> conns;
+        for (int i = 0; i < 100; ++i) {
+            conns.push_back(co_await ringio::open_connection("127.0.0.1", srv.port()));
+            conns.back().second.write("ping\n");
+            CHECK(co_await conns.back().first.read_line() == "ping\n");
+        }
+        // Every connection's receive is armed on both sides, and no buffer is held.
+        CHECK(ring->in_use() == 0);
+        CHECK(srv.connections() == 100);
+        for (auto& [r, w] : conns) w.close();
+        srv.close();
+        co_await srv.wait_closed();
+    }());
+}
+
+TEST_CASE("a peer flooding a reader that does not read is paused: the reader's buffer stays bounded") {
+    run_bounded([]() -> ringio::task<> {
+        ringio::event ready;
+        ringio::event go;
+        std::size_t peak = 0;
+        std::string received;
+        auto srv = co_await ringio::start_server(
+            [&](ringio::stream_reader r, ringio::stream_writer) -> ringio::task<> {
+                (void)co_await r.read(1);  // arms the receive
+                ready.set();
+                co_await go.wait();
+                peak = r.buffered();
+                received = co_await test::read_to_eof(r);
+            },
+            "127.0.0.1", 0);
+        auto [r, w] = co_await ringio::open_connection("127.0.0.1", srv.port());
+        std::string data = pattern(1, 8 * 1024 * 1024);
+        w.write("x");
+        co_await ready.wait();
+        // Send until the kernel buffers are full too: the writer's buffer stops draining.
+        std::size_t sent = 0;
+        while (sent < data.size()) {
+            w.write(std::string_view(data).substr(sent, 64 * 1024));
+            sent += 64 * 1024;
+            auto drained = co_await test::thrown<ringio::timeout_error>(ringio::wait_for(w.drain(), 300ms));
+            if (drained) break;
+        }
+        CHECK(sent < data.size());  // the server stopped taking data
+        go.set();
+        w.write(std::string_view(data).substr(sent));
+        w.write_eof();
+        co_await w.drain();
+        CHECK(co_await test::eventually([&] { return received.size() == data.size(); }, 10s));
+        // Paused at 2 x limit (128 KiB) plus what was in flight; not megabytes.
+        CHECK(peak <= 2 * ringio::default_stream_limit + 256 * 1024);
+        CHECK(received == data);
+        w.close();
+        srv.close();
+        co_await srv.wait_closed();
+    }());
+}
+
+TEST_CASE("read_timeout: a read that does not finish in time throws timeout_error and keeps the data") {
+    run_bounded([]() -> ringio::task<> {
+        auto lst = co_await ringio::start_server(
+            [](ringio::stream_reader r, ringio::stream_writer w) -> ringio::task<> {
+                w.write("abc");
+                co_await w.drain();
+                (void)co_await r.read();  // wait for the client's signal
+                w.write("def\n");
+                co_await w.drain();
+                (void)co_await r.read();
+            },
+            "127.0.0.1", 0);
+        ringio::connect_options o;
+        o.read_timeout = 100ms;
+        auto [r, w] = co_await ringio::open_connection("127.0.0.1", lst.port(), o);
+        auto start = ringio::clock::now();
+        CHECK(co_await test::thrown<ringio::timeout_error>(r.read_line()));
+        CHECK(ringio::clock::now() - start >= 100ms);
+        CHECK(r.buffered() == 3);  // "abc" stays
+        w.write("go");
+        CHECK(co_await r.read_line() == "abcdef\n");
+        w.close();
+        lst.close();
+        co_await lst.wait_closed();
+    }());
+}
+
+TEST_CASE("server read_timeout closes a slowloris client and goes on serving others") {
+    std::size_t fds = test::open_fds();
+    run_bounded([]() -> ringio::task<> {
+        ringio::server_options o;
+        o.read_timeout = 300ms;
+        auto srv = co_await ringio::start_server(
+            [](ringio::stream_reader r, ringio::stream_writer w) -> ringio::task<> {
+                while (true) {
+                    std::string line = co_await r.read_line();
+                    if (line.empty()) break;
+                    w.write(line);
+                    co_await w.drain();
+                }
+            },
+            "127.0.0.1", 0, o);
+        // The slow client: a byte every 50 ms, never a whole line within 300 ms.
+        auto [sr, sw] = co_await ringio::open_connection("127.0.0.1", srv.port());
+        auto slow = ringio::create_task([](ringio::stream_writer& w) -> ringio::task<int> {
+            for (int i = 0; i < 100; ++i) {
+                try {
+                    w.write("a");
+                    co_await w.drain();
+                } catch (const std::system_error&) {
+                    co_return i;
+                }
+                co_await ringio::sleep(50ms);
+            }
+            co_return -1;
+        }(sw));
+        // Meanwhile a normal client is served.
+        {
+            auto [r, w] = co_await ringio::open_connection("127.0.0.1", srv.port());
+            w.write("hello\n");
+            CHECK(co_await r.read_line() == "hello\n");
+            w.close();
+        }
+        // The server closed the slow one: it reads EOF, well before its 100 bytes are out.
+        std::string rest = co_await ringio::wait_for(test::read_to_eof(sr), 5s);
+        CHECK(rest == "");
+        CHECK(co_await test::eventually([&] { return srv.connections() == 0; }));
+        slow.cancel();
+        (void)co_await test::thrown<ringio::cancelled_error>(std::move(slow));
+        sw.close();
+        // And it goes on serving.
+        auto [r, w] = co_await ringio::open_connection("127.0.0.1", srv.port());
+        w.write("still\n");
+        CHECK(co_await r.read_line() == "still\n");
+        w.close();
+        srv.close();
+        co_await srv.wait_closed();
+    }());
+    CHECK(test::open_fds() == fds);
+}
