@@ -119,10 +119,9 @@ const endpoint& stream_state::peer() {
     return peer_ ? *peer_ : unknown;
 }
 
-const endpoint& stream_state::local() {
-    if (!local_ && sock.valid()) local_ = sock.local_endpoint();
-    static const endpoint unknown;
-    return local_ ? *local_ : unknown;
+endpoint stream_state::local() const {
+    // Not cached: rarely asked for, and 144 bytes in every connection's state.
+    return sock.valid() ? sock.local_endpoint() : endpoint{};
 }
 
 std::system_error stream_state::io_error(int err, const char* what) {
@@ -250,52 +249,80 @@ void stream_state::wake_reader() noexcept {
     loop_->wake(reader_task_, std::exchange(reader_, {}));
 }
 
-task<> stream_state::wait_received() {
-    struct awaiter : suspend_point {
-        stream_state* st;
-        bool cancelled = false;
-        bool await_ready() const noexcept { return false; }
-        bool await_suspend(std::coroutine_handle<> h) {
-            task_base* t = st->loop_->current_task();
-            if (t->take_cancel()) {
-                cancelled = true;
-                return false;
-            }
-            st->reader_ = h;
-            st->reader_task_ = t;
-            on_cancel = [](suspend_point* sp) noexcept {
-                auto* a = static_cast<awaiter*>(sp);
-                a->cancelled = true;
-                buffer_ring::cancel_wait(&a->st->buffers_back_);
-                a->st->wake_reader();  // the receive stays armed: what arrives waits in rbuf
-            };
-            t->suspended_at = this;
-            if (!st->buffers_back_.linked()) st->arm_recv();
-            return true;
+// What a read awaits on the buffer ring path. Not a coroutine, so a reader waiting on an idle
+// connection costs no frame of its own. Wake-ups come only with data, EOF, an error, the
+// close or a cancellation, so one suspension settles it.
+struct stream_state::arrival : suspend_point {
+    stream_state* st;
+    std::size_t had;  // rbuf bytes already there: wait for more than these
+    bool spill;       // move the received buffers into rbuf (fill)
+    bool cancelled = false;
+
+    [[nodiscard]] bool ready() const noexcept {
+        return st->rbuf.size() > had || st->chunk_count_ > 0 || st->recv_done();
+    }
+    bool await_ready() const noexcept { return ready(); }
+    bool await_suspend(std::coroutine_handle<> h) {
+        task_base* t = st->loop_->current_task();
+        if (t->take_cancel()) {
+            cancelled = true;
+            return false;
         }
-        void await_resume() {
-            st->reader_woken_ = false;
-            if (cancelled) {
-                st->loop_->current_task()->take_cancel();
-                throw cancelled_error();
-            }
+        st->reader_ = h;
+        st->reader_task_ = t;
+        on_cancel = [](suspend_point* sp) noexcept {
+            auto* a = static_cast<arrival*>(sp);
+            a->cancelled = true;
+            buffer_ring::cancel_wait(&a->st->buffers_back_);
+            a->st->wake_reader();  // the receive stays armed: what arrives waits in rbuf
+        };
+        t->suspended_at = this;
+        if (!st->buffers_back_.linked()) st->arm_recv();
+        return true;
+    }
+    bool await_resume() {
+        st->reader_woken_ = false;
+        if (cancelled) {
+            st->loop_->current_task()->take_cancel();
+            throw cancelled_error();
         }
-    };
-    co_await awaiter{{}, this};
+        if (spill) st->spill_all();
+        if (st->rbuf.size() > had || st->chunk_count_ > 0) return true;
+        if (st->recv_error_ != 0) throw st->io_error(st->recv_error_, "read from");
+        st->eof = true;  // EOF, or the stream was closed
+        return false;
+    }
+};
+
+stream_state::arrival stream_state::received(std::size_t had, bool spill) noexcept {
+    return arrival{{}, this, had, spill};
+}
+
+std::size_t stream_state::take_into(std::span<std::byte> buf) noexcept {
+    if (rbuf.empty()) return copy_received(buf);
+    std::size_t n = std::min(buf.size(), rbuf.size());  // spilled while the reader waited to run
+    std::memcpy(buf.data(), rbuf.data(), n);
+    rbuf.consume(n);
+    return n;
+}
+
+std::string stream_state::take(std::size_t n) {
+    if (!rbuf.empty()) {
+        std::string out(rbuf.view().substr(0, n));
+        rbuf.consume(out.size());
+        return out;
+    }
+    std::string out(std::min(n, chunk_bytes_), '\0');
+    copy_received(std::as_writable_bytes(std::span(out)));
+    return out;
 }
 
 // After close() the stream reads nothing more (as asyncio's transport stops reading): that is
 // its EOF, so read_until/read_line end instead of asking again.
 task<std::size_t> stream_state::recv_into(std::span<std::byte> buf) {
     if (bufs_) {
-        if (!co_await wait_data()) co_return 0;
-        if (!rbuf.empty()) {  // spilled while this reader waited to run
-            std::size_t n = std::min(buf.size(), rbuf.size());
-            std::memcpy(buf.data(), rbuf.data(), n);
-            rbuf.consume(n);
-            co_return n;
-        }
-        co_return copy_received(buf);
+        bool more = co_await received(0, false);
+        co_return more ? take_into(buf) : 0;
     }
     if (eof || closing) {
         eof = true;
@@ -311,44 +338,8 @@ task<std::size_t> stream_state::recv_into(std::span<std::byte> buf) {
     co_return r.value();
 }
 
-task<bool> stream_state::wait_data() {
-    while (rbuf.empty() && chunk_count_ == 0) {
-        if (recv_error_ != 0) throw io_error(recv_error_, "read from");
-        if (recv_done()) {
-            eof = true;
-            co_return false;
-        }
-        co_await wait_received();
-    }
-    co_return true;
-}
-
-task<std::string> stream_state::take_received(std::size_t n) {
-    if (!co_await wait_data()) co_return std::string();
-    if (!rbuf.empty()) {
-        std::string out(rbuf.view().substr(0, n));
-        rbuf.consume(out.size());
-        co_return out;
-    }
-    std::string out(std::min(n, chunk_bytes_), '\0');
-    copy_received(std::as_writable_bytes(std::span(out)));
-    co_return out;
-}
-
 task<bool> stream_state::fill(std::size_t hint) {
-    if (bufs_) {
-        std::size_t had = rbuf.size();
-        while (rbuf.size() == had && chunk_count_ == 0) {
-            if (recv_error_ != 0) throw io_error(recv_error_, "read from");
-            if (recv_done()) {
-                eof = true;
-                co_return false;
-            }
-            co_await wait_received();
-        }
-        spill_all();
-        co_return true;
-    }
+    if (bufs_) co_return co_await received(rbuf.size(), true);
     std::span<std::byte> room = rbuf.prepare(std::clamp(hint, min_chunk, max_chunk));
     std::size_t n = co_await recv_into(room);
     rbuf.commit(n);
@@ -374,7 +365,10 @@ task<std::string> stream_state::read_until(std::string_view sep) {
             rbuf.clear();
             throw incomplete_read_error(std::move(partial), 0);
         }
-        co_await fill(min_chunk);
+        if (bufs_)
+            (void)co_await received(rbuf.size(), true);
+        else
+            (void)co_await fill(min_chunk);
     }
     if (isep > limit)
         throw limit_overrun_error("ringio: separator is found, but chunk is longer than limit", isep);
@@ -585,7 +579,10 @@ namespace {
 task<std::string> do_read(detail::stream_state* s, std::size_t n) {
     read_guard g(s);
     if (n == 0) co_return std::string();
-    if (s->rbuf.empty() && s->has_buffer_ring()) co_return co_await s->take_received(n);
+    if (s->rbuf.empty() && s->has_buffer_ring()) {
+        bool more = co_await s->received(0, false);
+        co_return more ? s->take(n) : std::string();
+    }
     if (s->rbuf.empty() && !co_await s->fill(n)) co_return std::string();
     co_return take(s->rbuf, n);
 }
@@ -594,6 +591,10 @@ task<std::size_t> do_read_some(detail::stream_state* s, std::span<std::byte> buf
     read_guard g(s);
     if (buf.empty()) co_return 0;
     detail::byte_buffer& b = s->rbuf;
+    if (b.empty() && s->has_buffer_ring()) {
+        bool more = co_await s->received(0, false);
+        co_return more ? s->take_into(buf) : 0;
+    }
     if (b.empty()) co_return co_await s->recv_into(buf);  // straight into the caller's memory
     std::size_t n = std::min(buf.size(), b.size());
     std::memcpy(buf.data(), b.data(), n);

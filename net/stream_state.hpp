@@ -97,8 +97,14 @@ public:
     task<bool> fill(std::size_t hint);
     /// Receives straight into buf; 0 at EOF.
     task<std::size_t> recv_into(std::span<std::byte> buf);
-    /// Up to n bytes, when rbuf is empty: straight from the received buffers (one copy).
-    task<std::string> take_received(std::size_t n);
+    /// Buffer ring only: waits until rbuf holds more than `had` bytes or received buffers are
+    /// queued (true), or EOF (false); throws the receive error. With `spill` the received
+    /// buffers move into rbuf (what fill() does). An awaitable, not a coroutine.
+    struct arrival;
+    arrival received(std::size_t had, bool spill) noexcept;
+    /// After received(): up to n bytes from rbuf, else from the received buffers (one copy).
+    std::string take(std::size_t n);
+    std::size_t take_into(std::span<std::byte> buf) noexcept;
     /// Bytes received into the shared buffer ring and not yet read (they follow rbuf).
     [[nodiscard]] std::size_t received() const noexcept { return chunk_bytes_; }
     [[nodiscard]] bool has_buffer_ring() const noexcept { return bufs_ != nullptr; }
@@ -118,7 +124,7 @@ public:
     [[nodiscard]] const endpoint& peer();
     /// Puts bytes a cancelled read had taken back in front of the buffer.
     void unread(std::span<const std::byte> data) { rbuf.prepend(data); }
-    [[nodiscard]] const endpoint& local();
+    [[nodiscard]] endpoint local() const;
     [[nodiscard]] std::system_error io_error(int err, const char* what);
 
     socket sock;
@@ -141,7 +147,7 @@ private:
         std::uint32_t off;
         std::uint32_t len;
     };
-    static constexpr unsigned max_chunks = 8;
+    static constexpr unsigned max_chunks = 4;  // more arriving before the reader runs go to rbuf
     struct recv_request : io_request {
         stream_state* st = nullptr;
     };
@@ -154,8 +160,6 @@ private:
     void spill_front() noexcept;  // the first chunk into rbuf
     void spill_all() noexcept;
     std::size_t copy_received(std::span<std::byte> out) noexcept;
-    task<> wait_received();
-    task<bool> wait_data();  // until rbuf or the chunks hold data (true), or EOF (false)
     void wake_reader() noexcept;
     [[nodiscard]] bool recv_done() const noexcept { return eof_received_ || recv_error_ != 0 || closing; }
 
@@ -208,7 +212,6 @@ private:
     event closed_event_;
 
     std::optional<endpoint> peer_;
-    std::optional<endpoint> local_;
 };
 
 struct stream_access {
