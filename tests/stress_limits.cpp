@@ -143,6 +143,13 @@ ringio::task<> limited_client(std::uint16_t port, int id, client_state& cs) {
 }  // namespace
 
 TEST_CASE("RLIMIT_NOFILE below the number of clients: EMFILE is logged once per burst, the server backs off, keeps serving, and serves the rest once fds free up") {
+    if (stress::sanitized) {
+        // The sanitizer runtime checks whether memory is readable by writing it to a pipe; with
+        // the fd table full that fails, and UBSan reports a false "invalid vptr" (in fmt, while
+        // the server logs the EMFILE) and aborts the server.
+        MESSAGE("SKIPPED under sanitizers: their runtime needs free fds (false 'invalid vptr' reports)");
+        return;
+    }
     stress::raise_fd_limit();
     int pipefd[2];
     REQUIRE(::pipe2(pipefd, O_CLOEXEC) == 0);
