@@ -67,19 +67,12 @@ stream_state::stream_state(socket s, std::size_t lim) : sock(std::move(s)), limi
         recv_req_.prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
             stream_state* st = static_cast<recv_request*>(r)->st;
             st->recycled_mark_ = st->bufs_->recycled();
-            io_uring_prep_recv_multishot(sqe, st->sock.fd(), nullptr, 0, 0);
+            io_uring_prep_recv(sqe, st->sock.fd(), nullptr, 0, 0);
             sqe->flags |= IOSQE_BUFFER_SELECT;
             sqe->buf_group = st->bufs_->group();
         };
         recv_req_.complete = [](io_request* r, int res, std::uint32_t flags) noexcept {
             static_cast<recv_request*>(r)->st->on_recv(res, flags);
-        };
-        pause_req_.st = this;
-        pause_req_.prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
-            io_uring_prep_cancel(sqe, &static_cast<recv_request*>(r)->st->recv_req_, 0);
-        };
-        pause_req_.complete = [](io_request* r, int, std::uint32_t) noexcept {
-            static_cast<recv_request*>(r)->st->sock.state_ptr()->end();  // may free the state
         };
         buffers_back_.st = this;
         buffers_back_.ready = [](buffer_waiter* w) noexcept {
@@ -138,12 +131,16 @@ void stream_state::begin_read() {
 
 // ---- receiving on the shared buffer ring ----
 //
-// One multishot receive per connection, armed when a read first finds nothing buffered. The
-// kernel fills a ring buffer per arrival; a waiting reader copies straight out of it and gives
-// it back, so a buffer is held only from its arrival to its reading, never by an idle
-// connection. Data arriving while no reader waits is copied into rbuf (the buffer goes back at
-// once), and past max(2 * limit, 64 KiB) buffered the receive is cancelled until the next read
-// (asyncio's pause_reading), so a peer cannot fill the server's memory.
+// A read that finds nothing buffered arms one receive that selects its buffer from the loop's
+// ring (IOSQE_BUFFER_SELECT): the kernel takes a buffer only when data arrives, the reader
+// copies straight out of it and gives it back, so a buffer is held only from the data's
+// arrival to its reading, never by an idle connection. Data is taken only when a reader asks,
+// so a fast peer cannot fill the server's memory (no pause_reading needed).
+//
+// Why not a multishot receive (one SQE for many arrivals)? It needs cancelling to pause a slow
+// reader, and on 6.x kernels a multishot receive cancelled and armed again can miss the peer's
+// EOF, and cancels of it can go unanswered: reproduced with plain liburing, and by
+// tests/stress_shutdown.cpp (connections that never close). See docs/net.md.
 
 void stream_state::arm_recv() {
     if (armed_ || recv_done()) return;
@@ -205,7 +202,6 @@ std::size_t stream_state::copy_received(std::span<std::byte> out) noexcept {
 }
 
 void stream_state::on_recv(int res, std::uint32_t flags) noexcept {
-    bool more = flags & IORING_CQE_F_MORE;
     if (flags & IORING_CQE_F_BUFFER) {
         auto bid = static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
         bufs_->taken();
@@ -218,29 +214,21 @@ void stream_state::on_recv(int res, std::uint32_t flags) noexcept {
         eof_received_ = true;
     else if (res < 0 && res != -ENOBUFS && res != -ECANCELED && recv_error_ == 0)
         recv_error_ = -res;
-    if (!reader_ && !reader_woken_) {
-        spill_all();  // nobody to hand the buffers to: they go back now
-        if (armed_ && more && !pausing_ && rbuf.size() >= std::max<std::size_t>(2 * limit, 64 * 1024)) {
-            pausing_ = true;
-            sock.state_ptr()->begin();
-            loop_->submit_later(&pause_req_);
-        }
-    }
-    if (!more) {
-        armed_ = false;
-        pausing_ = false;
-        if (reader_ && chunk_count_ == 0 && !recv_done()) {
-            // Out of buffers (ENOBUFS) or stopped for another reason while a reader waits. If
-            // no buffer came back since the receive was armed, wait for one (every taken buffer
-            // is about to be read and given back); otherwise try again at once.
-            if (res == -ENOBUFS && bufs_->recycled() == recycled_mark_)
-                bufs_->wait(&buffers_back_);
-            else
-                arm_recv();
-        }
+    // Nobody to hand the buffer to (the reader left, or the receive was armed when a buffer
+    // came back): it goes back now.
+    if (!reader_ && !reader_woken_) spill_all();
+    armed_ = false;
+    if (reader_ && chunk_count_ == 0 && !recv_done()) {
+        // Out of buffers (ENOBUFS) while a reader waits. If no buffer came back since the
+        // receive was armed, wait for one (every taken buffer is about to be read and given
+        // back); otherwise try again at once.
+        if (res == -ENOBUFS && bufs_->recycled() == recycled_mark_)
+            bufs_->wait(&buffers_back_);
+        else
+            arm_recv();
     }
     if (reader_ && (chunk_count_ > 0 || recv_done())) wake_reader();
-    if (!more) sock.state_ptr()->end();  // last: may finish a close and free this
+    sock.state_ptr()->end();  // last: may finish a close and free this
 }
 
 void stream_state::wake_reader() noexcept {
@@ -505,6 +493,14 @@ void stream_state::maybe_finish_close() noexcept {
     if (!closing || closed) return;
     socket_state* ss = sock.state_ptr();
     if (send_queued_ && !aborted_) return;  // still flushing; on_sent() calls again
+    if (recv_req_.linked()) {
+        // TRICKY: a receive armed this pass still waits in the loop's queue; a cancel sent to
+        // the kernel now would go first and miss it. Take it back instead (its begin() too,
+        // without the idle hook: the close is being finished right here).
+        intrusive_list<io_request>::erase(&recv_req_);
+        armed_ = false;
+        --ss->inflight;
+    }
     if (ss->inflight > 0) {
         ss->cancel_all();  // a pending read ends as EOF; the idle hook finishes the close
         return;

@@ -140,14 +140,14 @@ public:
 private:
     ~stream_state();
 
-    // ---- receiving on the loop's shared buffer ring (multishot), where the kernel has it ----
+    // ---- receiving into the loop's shared buffer ring, where the kernel has one ----
     // Received data is, in order: rbuf, then chunks_ (buffers still in the ring's memory).
     struct chunk {
         std::uint16_t bid;
         std::uint32_t off;
         std::uint32_t len;
     };
-    static constexpr unsigned max_chunks = 4;  // more arriving before the reader runs go to rbuf
+    static constexpr unsigned max_chunks = 2;  // more arriving before the reader runs go to rbuf
     struct recv_request : io_request {
         stream_state* st = nullptr;
     };
@@ -165,14 +165,12 @@ private:
 
     std::shared_ptr<buffer_ring> bufs_;  // null: one receive per read, into rbuf or the caller's memory
     recv_request recv_req_;
-    recv_request pause_req_;  // cancels recv_req_ while too much is buffered
     buffers_back buffers_back_;
     std::uint32_t recycled_mark_ = 0;  // the ring's recycled() when recv_req_ was submitted
     std::array<chunk, max_chunks> chunks_{};
     std::uint8_t chunk_head_ = 0;
     std::uint8_t chunk_count_ = 0;
     bool armed_ = false;
-    bool pausing_ = false;
     bool eof_received_ = false;
     int recv_error_ = 0;
     std::size_t chunk_bytes_ = 0;

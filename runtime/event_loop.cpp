@@ -33,7 +33,7 @@ event_loop::event_loop(loop_options options) {
         max_inflight_ = options.max_in_flight;
     else
         max_inflight_ = features_.nodrop ? std::numeric_limits<std::size_t>::max() : features_.cq_entries / 2;
-    if (features_.recv_multishot && features_.buf_ring) {
+    if (features_.buf_ring) {
         stream_buffer_count_ = options.stream_buffers;
         stream_buffer_size_ = options.stream_buffer_size;
     }
@@ -190,8 +190,16 @@ void event_loop::wait_for_completions(bool block) {
     io_uring* r = &ring_->raw;
     int rc = 0;
     if (!block) {
-        // A busy pass with nothing to submit and no completion work pending costs no syscall.
-        if (kernel_has_work()) rc = io_uring_submit_and_get_events(r);
+        if (features_.sqpoll) {
+            // The kernel thread takes the SQEs (io_uring_submit enters only to wake it); enter
+            // for events only when completion work waits for this thread.
+            rc = io_uring_submit(r);
+            unsigned flags = IO_URING_READ_ONCE(*r->sq.kflags);
+            if (rc >= 0 && (flags & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW))) rc = io_uring_get_events(r);
+        } else if (kernel_has_work()) {
+            // A busy pass with nothing to submit and no completion work pending costs no syscall.
+            rc = io_uring_submit_and_get_events(r);
+        }
     } else if (!timers_.empty()) {
         auto wait = timers_.top()->deadline - detail::clock::now();
         if (wait <= detail::clock::duration::zero()) {

@@ -59,6 +59,8 @@ struct ring_features {
     bool buf_ring = false;         // provided buffer rings (io_uring_register_buf_ring)
     bool msg_ring = false;
     bool send_zc = false;
+    bool sqpoll = false;           // a kernel thread polls the SQ (loop_options::sqpoll)
+    bool registered_ring = false;  // io_uring_enter uses a registered ring index, not the fd
     unsigned sq_entries = 0;
     unsigned cq_entries = 0;
 };
@@ -71,13 +73,22 @@ struct loop_options {
     /// unbounded where the kernel keeps them (IORING_FEAT_NODROP, 5.5+) and the loop flushes
     /// them, since an idle connection's receive may stay in flight for hours.
     std::size_t max_in_flight = 0;
-    /// Receive buffers shared by every stream of the loop (a provided buffer ring, where the
-    /// kernel has multishot receive): a connection holds one only between the data's arrival
-    /// and its reading, so an idle connection holds none. A power of two; 0 = every stream
+    /// Receive buffers shared by every stream of the loop (a provided buffer ring, Linux 5.19+):
+    /// a connection holds one only between the data's arrival and its reading, so an idle
+    /// connection holds none. A power of two; 0 = every stream
     /// receives into its own memory instead. Allocated (and touched) when the first stream or
     /// server starts. When all are taken, receives wait until one is given back.
     unsigned stream_buffers = 1024;
     unsigned stream_buffer_size = 4096;
+    /// A kernel thread polls the submission queue (IORING_SETUP_SQPOLL), so submitting costs no
+    /// system call while it is awake; it sleeps after sqpoll_idle without work. It spends a CPU
+    /// of its own and rules out DEFER_TASKRUN: worth it only with a core to spare and a steady
+    /// stream of submissions (see bench/README.md). Falls back to no SQPOLL where refused.
+    bool sqpoll = false;
+    std::chrono::milliseconds sqpoll_idle{50};
+    /// Registers the ring's fd with itself (io_uring_register_ring_fd, 5.18), which saves the
+    /// kernel a file lookup on every io_uring_enter.
+    bool register_ring_fd = true;
 };
 
 /// An io_uring event loop. Create it on the thread that runs it; it is bound to that thread.
@@ -146,7 +157,7 @@ public:
     /// A buffer group id not yet used on this loop (for detail::buffer_ring).
     [[nodiscard]] std::uint16_t next_buffer_group() noexcept { return next_bgid_++; }
     /// The receive buffers streams share (loop_options::stream_buffers), set up on first use;
-    /// null when the kernel lacks multishot receive or provided buffer rings, or they are off.
+    /// null when the kernel lacks provided buffer rings, or they are off.
     [[nodiscard]] const std::shared_ptr<detail::buffer_ring>& stream_buffers();
 
     /// Keeps signals blocked in this thread (for wait_signal) until the loop is destroyed.
