@@ -27,9 +27,9 @@ ringio::task<int> trivial(int v) { co_return v + 1; }
 
 // Runs `body` to completion on a fresh loop. A machine without io_uring (ENOSYS, EPERM under
 // seccomp) reports the benchmark as skipped instead of aborting the whole run.
-void run_on_loop(benchmark::State& state, ringio::task<> body) {
+void run_on_loop(benchmark::State& state, ringio::task<> body, ringio::loop_options options = {}) {
     try {
-        ringio::run(std::move(body));
+        ringio::run(std::move(body), options);
     } catch (const std::exception& e) {
         state.SkipWithError(e.what());
     }
@@ -161,6 +161,23 @@ ringio::task<> nop_loop(benchmark::State& state) {
 }
 void BM_nop_roundtrip(benchmark::State& state) { run_on_loop(state, nop_loop(state)); }
 BENCHMARK(BM_nop_roundtrip)->UseRealTime();
+
+// The same without the registered ring fd (every io_uring_enter looks the fd up), and with
+// SQPOLL (a kernel thread takes the SQE; the loop enters only to reap the completion).
+void BM_nop_roundtrip_unregistered(benchmark::State& state) {
+    ringio::loop_options o;
+    o.register_ring_fd = false;
+    run_on_loop(state, nop_loop(state), o);
+}
+BENCHMARK(BM_nop_roundtrip_unregistered)->UseRealTime();
+
+void BM_nop_roundtrip_sqpoll(benchmark::State& state) {
+    ringio::loop_options o;
+    o.sqpoll = true;
+    run_on_loop(state, nop_loop(state), o);
+    if (!state.error_occurred()) state.SetLabel("sqpoll");
+}
+BENCHMARK(BM_nop_roundtrip_sqpoll)->UseRealTime();
 
 // ---- thread baselines ----
 

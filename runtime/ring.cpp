@@ -4,8 +4,10 @@
 
 #include <cerrno>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <system_error>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -22,6 +24,13 @@ constexpr unsigned flag_sets[] = {
     IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
     IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
     0,
+};
+// With SQPOLL (opt-in) the kernel thread submits, which DEFER_TASKRUN does not allow; without
+// SQPOLL accepted, the sets above.
+constexpr unsigned sqpoll_flag_sets[] = {
+    IORING_SETUP_SQPOLL | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
+    IORING_SETUP_SQPOLL | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
+    IORING_SETUP_SQPOLL,
 };
 
 int read_sysctl(const char* path) {
@@ -75,12 +84,17 @@ ring::ring(const loop_options& options, ring_features& f) {
     unsigned sq = options.sq_entries ? options.sq_entries : 1024;
     unsigned cq = options.cq_entries ? options.cq_entries : sq * 8;
     int err = EINVAL;
-    for (unsigned flags : flag_sets) {
+    std::vector<unsigned> sets;
+    if (options.sqpoll) sets.assign(std::begin(sqpoll_flag_sets), std::end(sqpoll_flag_sets));
+    sets.insert(sets.end(), std::begin(flag_sets), std::end(flag_sets));
+    for (unsigned flags : sets) {
         io_uring_params p{};
         p.flags = flags | IORING_SETUP_CQSIZE;
         p.cq_entries = cq;
+        p.sq_thread_idle = static_cast<unsigned>(options.sqpoll_idle.count());
         int rc = io_uring_queue_init_params(sq, &raw, &p);
         if (rc == 0) {
+            f.sqpoll = flags & IORING_SETUP_SQPOLL;
             f.single_issuer = flags & IORING_SETUP_SINGLE_ISSUER;
             f.defer_taskrun = flags & IORING_SETUP_DEFER_TASKRUN;
             f.coop_taskrun = flags & IORING_SETUP_COOP_TASKRUN;
@@ -96,6 +110,7 @@ ring::ring(const loop_options& options, ring_features& f) {
         if (err != EINVAL) break;  // only unknown flags are worth another try
     }
     if (err != 0) throw std::system_error(err, std::system_category(), setup_error_message(err));
+    if (options.register_ring_fd) f.registered_ring = io_uring_register_ring_fd(&raw) == 1;
 
     // Features without a flag of their own are inferred from opcodes of the same kernel release.
     if (std::unique_ptr<io_uring_probe, void (*)(io_uring_probe*)> probe{io_uring_get_probe_ring(&raw),

@@ -186,3 +186,42 @@ TEST_CASE("io_uring blocked by seccomp: a system_error that names the cause, and
     CHECK(got.find("seccomp") != std::string::npos);
     CHECK(WEXITSTATUS(status) == 77);
 }
+
+// ---- SQPOLL (opt-in) and the registered ring fd ----
+
+TEST_CASE("with SQPOLL the loop runs I/O, timers and a TCP exchange just the same") {
+    ringio::loop_options opts;
+    opts.sqpoll = true;
+    opts.sqpoll_idle = 10ms;  // the kernel thread sleeps and must be woken again below
+    ringio::run(
+        []() -> ringio::task<> {
+            auto& loop = ringio::event_loop::running();
+            if (!loop.features().sqpoll) MESSAGE("this kernel refused SQPOLL: the loop fell back to plain submission");
+            for (int i = 0; i < 1000; ++i) {
+                ringio::io_result r = co_await ringio::io::nop();
+                CHECK(r.res == 0);
+            }
+            co_await ringio::sleep(30ms);  // longer than sqpoll_idle: the SQ thread goes to sleep
+            auto srv = co_await ringio::start_server(
+                [](ringio::stream_reader r, ringio::stream_writer w) -> ringio::task<> {
+                    std::string line = co_await r.read_line();
+                    w.write(line);
+                    co_await w.drain();
+                },
+                "127.0.0.1", 0);
+            auto [r, w] = co_await ringio::open_connection("127.0.0.1", srv.port());
+            w.write("over sqpoll\n");
+            CHECK(co_await ringio::wait_for(r.read_line(), 5s) == "over sqpoll\n");
+            w.close();
+            srv.close();
+            co_await srv.wait_closed();
+        }(),
+        opts);
+}
+
+TEST_CASE("the ring fd is registered unless asked not to") {
+    CHECK(ringio::event_loop().features().registered_ring);  // kernel 5.18+ (the CI's is 6.x)
+    ringio::loop_options opts;
+    opts.register_ring_fd = false;
+    CHECK_FALSE(ringio::event_loop(opts).features().registered_ring);
+}
