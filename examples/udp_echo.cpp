@@ -57,6 +57,7 @@ ringio::task<> echo_worker(ringio::datagram_endpoint& ep, unsigned long& failure
         try {
             ringio::datagram d = co_await ep.recv_from(buf);
             if (d.truncated) continue;  // cannot happen with this buffer; never echo a cut datagram
+            if (ep.is_closing()) break;  // SIGTERM arrived while this datagram came in
             co_await ep.send_to(std::span(buf).first(d.size), d.sender);
         } catch (const std::system_error&) {
             // EBADF/ECANCELED: the endpoint is closing. Anything else (a send to a sender that
