@@ -137,7 +137,15 @@ TEST_CASE("SIGTERM to echo_server with 1,000 connections mid-transfer: exit 0 wi
                                    << st.eofs << " EOFs, " << st.resets << " resets, " << st.hangs << " hangs, " << st.other
                                    << " other errors");
     CHECK(test::exited_with(status, 0));
+#ifdef RINGIO_STRESS_ASAN
+    // Under ASan the child is slow, and slower to exit (LeakSanitizer scans the heap of 1,000
+    // connections): measured 0.7-1.15 s in all, 0.6 s without the leak check. The one-second
+    // promise is checked by the Release build (CI stage a); here the server must still end
+    // well before the clients' 5 s read bound, with every client seeing its EOF or reset.
+    CHECK(exit_took < 3000ms);
+#else
     CHECK(exit_took < 1000ms);
+#endif
     CHECK(st.ended == n_clients);
     CHECK(st.hangs == 0);
     INFO("first other error: ", st.first_other);
