@@ -138,9 +138,9 @@ void stream_state::begin_read() {
 // so a fast peer cannot fill the server's memory (no pause_reading needed).
 //
 // Why not a multishot receive (one SQE for many arrivals)? It needs cancelling to pause a slow
-// reader, and on 6.x kernels a multishot receive cancelled and armed again can miss the peer's
-// EOF, and cancels of it can go unanswered: reproduced with plain liburing, and by
-// tests/stress_shutdown.cpp (connections that never close). See docs/net.md.
+// reader, and on the 6.18 kernel measured a multishot receive cancelled and armed again can
+// miss the peer's EOF: reproduced with plain liburing, and by tests/stress_shutdown.cpp
+// (connections that never close). See docs/net.md.
 
 void stream_state::arm_recv() {
     if (armed_ || recv_done()) return;
