@@ -103,6 +103,35 @@ ringio::task<> close_connection(connection& c) {
 
 std::string name_of(const connection& c) { return fmt::format("{}", c.second.sockname()); }
 
+/// One client of an echo server: `rounds` messages of 1 to max_size bytes, each echo checked
+/// byte for byte, then EOF both ways. Returns how many of the rounds + 1 checks passed.
+ringio::task<std::size_t> echo_client_rounds(std::uint16_t port, std::size_t id, std::size_t rounds,
+                                             std::size_t max_size) {
+    connection c = co_await connect_to(port);
+    std::size_t ok = 0;
+    for (std::size_t i = 0; i < rounds; ++i) {
+        std::string msg = pattern(1 + (id * 977 + i * 4099) % max_size, id * 100 + i);
+        c.second.write(msg);
+        if (co_await c.first.read_exactly(msg.size()) == msg) ++ok;
+    }
+    c.second.write_eof();
+    if ((co_await c.first.read()).empty()) ++ok;
+    co_await close_connection(c);
+    co_return ok;
+}
+
+/// `clients` concurrent echo_client_rounds against port; every one must pass every check.
+void check_echo_clients(std::uint16_t port, std::size_t clients, std::size_t rounds, std::size_t max_size,
+                        std::chrono::seconds limit) {
+    ringio::run([](std::uint16_t p, std::size_t n, std::size_t r, std::size_t m, std::chrono::seconds l) -> ringio::task<> {
+        std::vector<ringio::task<std::size_t>> all;
+        for (std::size_t id = 0; id < n; ++id) all.push_back(echo_client_rounds(p, id, r, m));
+        std::vector<std::size_t> ok = co_await ringio::wait_for(ringio::gather(std::move(all)), l);
+        REQUIRE(ok.size() == n);
+        for (std::size_t id = 0; id < n; ++id) CHECK_MESSAGE(ok[id] == r + 1, "client ", id);
+    }(port, clients, rounds, max_size, limit));
+}
+
 }  // namespace
 
 // ---- bad arguments --------------------------------------------------------------------------
@@ -177,26 +206,7 @@ TEST_CASE("echo_server: after the client's EOF it finishes sending, then closes 
 
 TEST_CASE("echo_server: 50 concurrent clients") {
     server_process srv(RINGIO_ECHO_SERVER);
-    ringio::run([](std::uint16_t port) -> ringio::task<> {
-        auto one_client = [](std::uint16_t p, std::size_t id) -> ringio::task<std::size_t> {
-            connection c = co_await connect_to(p);
-            std::size_t ok = 0;
-            for (std::size_t i = 0; i < 20; ++i) {
-                std::string msg = pattern(1 + (id * 977 + i * 4099) % 40000, id * 100 + i);
-                c.second.write(msg);
-                if (co_await c.first.read_exactly(msg.size()) == msg) ++ok;
-            }
-            c.second.write_eof();
-            if ((co_await c.first.read()).empty()) ++ok;
-            co_await close_connection(c);
-            co_return ok;
-        };
-        std::vector<ringio::task<std::size_t>> clients;
-        for (std::size_t id = 0; id < 50; ++id) clients.push_back(one_client(port, id));
-        std::vector<std::size_t> ok = co_await ringio::wait_for(ringio::gather(std::move(clients)), 30s);
-        REQUIRE(ok.size() == 50);
-        for (std::size_t id = 0; id < 50; ++id) CHECK_MESSAGE(ok[id] == 21, "client ", id);
-    }(srv.port));
+    check_echo_clients(srv.port, 50, 20, 40000, 30s);
     srv.stop_with(SIGTERM);
 }
 
@@ -598,26 +608,7 @@ TEST_CASE("examples: --threads wants a number from 1") {
 
 TEST_CASE("echo_server --threads 2: 64 concurrent clients, every byte checked, both loops serve") {
     threaded_server srv(RINGIO_ECHO_SERVER, 2);
-    ringio::run([](std::uint16_t port) -> ringio::task<> {
-        auto one_client = [](std::uint16_t p, std::size_t id) -> ringio::task<std::size_t> {
-            connection c = co_await connect_to(p);
-            std::size_t ok = 0;
-            for (std::size_t i = 0; i < 10; ++i) {
-                std::string msg = pattern(1 + (id * 977 + i * 4099) % 20000, id * 100 + i);
-                c.second.write(msg);
-                if (co_await c.first.read_exactly(msg.size()) == msg) ++ok;
-            }
-            c.second.write_eof();
-            if ((co_await c.first.read()).empty()) ++ok;
-            co_await close_connection(c);
-            co_return ok;
-        };
-        std::vector<ringio::task<std::size_t>> clients;
-        for (std::size_t id = 0; id < 64; ++id) clients.push_back(one_client(port, id));
-        std::vector<std::size_t> ok = co_await ringio::wait_for(ringio::gather(std::move(clients)), 60s);
-        REQUIRE(ok.size() == 64);
-        for (std::size_t id = 0; id < 64; ++id) CHECK_MESSAGE(ok[id] == 11, "client ", id);
-    }(srv.port));
+    check_echo_clients(srv.port, 64, 10, 20000, 60s);
     test::stop_with(srv.proc, SIGTERM);
     // SO_REUSEPORT hashes each connection's addresses and ports to a listener: with 64
     // connections both loops get some (all on one would be a 1 in 2^63 chance).
