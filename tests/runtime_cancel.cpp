@@ -298,18 +298,24 @@ TEST_CASE("timeout(): inside the expiry is cancelled_error, outside timeout_erro
 
 TEST_CASE("shield: the caller is cancelled, the shielded task runs on") {
     ringio::run([]() -> ringio::task<> {
+        // Events, not sleeps, order the steps: the shielded task is parked on `go` when the
+        // caller is cancelled, and finishes only after that.
         bool finished = false;
-        auto outer = ringio::create_task([](bool& f) -> ringio::task<> {
-            co_await ringio::shield([](bool& f2) -> ringio::task<> {
-                co_await ringio::sleep(5ms);
+        ringio::event started, go, done;
+        auto outer = ringio::create_task([](bool& f, ringio::event& st, ringio::event& g, ringio::event& d) -> ringio::task<> {
+            co_await ringio::shield([](bool& f2, ringio::event& st2, ringio::event& g2, ringio::event& d2) -> ringio::task<> {
+                st2.set();
+                co_await g2.wait();
                 f2 = true;
-            }(f));
-        }(finished));
-        co_await ringio::sleep(1ms);
+                d2.set();
+            }(f, st, g, d));
+        }(finished, started, go, done));
+        co_await started.wait();
         outer.cancel();
         CHECK_THROWS_AS(co_await outer, ringio::cancelled_error);
         CHECK_FALSE(finished);
-        co_await ringio::sleep(10ms);
+        go.set();
+        co_await ringio::wait_for(done.wait(), 5s);
         CHECK(finished);
     }());
 }
