@@ -14,11 +14,13 @@
 namespace ringio::detail {
 namespace {
 
-// Size classes of 64 bytes up to 2 KiB cover the frames of ordinary coroutines; bigger frames
-// go straight to operator new. Each class keeps at most max_cached blocks so that a burst of a
-// million tasks does not pin its memory forever.
-constexpr std::size_t granule = 64;
-constexpr std::size_t classes = 32;
+// Size classes of 16 bytes (malloc's own granule) up to 2 KiB cover the frames of ordinary
+// coroutines; bigger frames go straight to operator new. Finer classes cost nothing on the hot
+// path and save what rounding up wastes in every frame a waiting connection keeps alive (with
+// 64-byte classes, about 150 bytes per idle echo_server connection). Each class keeps at most
+// max_cached blocks so that a burst of a million tasks does not pin its memory forever.
+constexpr std::size_t granule = 16;
+constexpr std::size_t classes = 128;
 constexpr std::size_t max_cached = 4096;
 
 struct free_block {
