@@ -86,7 +86,13 @@ stream_state::stream_state(socket s, std::size_t lim) : sock(std::move(s)), limi
     // Recorded now: after a reset or a close, getpeername can no longer tell, and error
     // messages and peername() must still name the peer.
     try {
-        peer_ = sock.remote_endpoint();
+        endpoint e = sock.remote_endpoint();
+        if (e.size() <= sizeof peer_addr_) {
+            std::memcpy(&peer_addr_, e.data(), e.size());
+            peer_len_ = e.size();
+        } else {
+            peer_big_ = std::make_unique<endpoint>(e);
+        }
     } catch (const std::system_error&) {
     }
 }
@@ -107,9 +113,10 @@ void stream_state::release() noexcept {
     if (closed && !send_queued_ && sock.in_flight() == 0) delete this;
 }
 
-const endpoint& stream_state::peer() {
-    static const endpoint unknown;
-    return peer_ ? *peer_ : unknown;
+endpoint stream_state::peer() const {
+    if (peer_big_) return *peer_big_;
+    if (peer_len_ == 0) return endpoint{};
+    return endpoint::from_sockaddr(&peer_addr_.sa, peer_len_);  // accepted once already: cannot throw
 }
 
 endpoint stream_state::local() const {

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <optional>
 #include <memory>
+#include <netinet/in.h>
 #include <system_error>
 #include <vector>
 
@@ -121,7 +122,7 @@ public:
     task<> wait_closed();
     [[nodiscard]] std::size_t write_buffered() const noexcept { return pending_.size() + sending_.size() - send_off_; }
 
-    [[nodiscard]] const endpoint& peer();
+    [[nodiscard]] endpoint peer() const;
     /// Puts bytes a cancelled read had taken back in front of the buffer.
     void unread(std::span<const std::byte> data) { rbuf.prepend(data); }
     [[nodiscard]] endpoint local() const;
@@ -209,7 +210,16 @@ private:
     task_base* drain_task_ = nullptr;
     event closed_event_;
 
-    std::optional<endpoint> peer_;
+    // The peer's address, recorded at creation. An IP address (or an unnamed Unix peer) fits
+    // here; a named Unix peer goes to the heap. A whole endpoint would be 144 bytes in every
+    // connection, most of it unused.
+    union {
+        sockaddr sa;
+        sockaddr_in in;
+        sockaddr_in6 in6;
+    } peer_addr_{};
+    socklen_t peer_len_ = 0;  // 0: unknown
+    std::unique_ptr<endpoint> peer_big_;
 };
 
 struct stream_access {
