@@ -10,6 +10,7 @@
 
 #include "helpers.hpp"
 #include "net_helpers.hpp"
+#include "stress_helpers.hpp"  // heap_in_use()
 
 using namespace std::chrono_literals;
 using test::run_bounded;
@@ -111,6 +112,52 @@ TEST_CASE("idle connections hold no receive buffer") {
         CHECK(ring->in_use() == 0);
         CHECK(srv.connections() == 100);
         for (auto& [r, w] : conns) w.close();
+        srv.close();
+        co_await srv.wait_closed();
+    }());
+}
+
+TEST_CASE("a connection whose writes have all gone keeps no write buffer") {
+    // Each server connection writes 192 KiB at once, sees it all sent, then stays open and idle.
+    // Its write buffers must be freed: kept, 20 connections would hold 3.75 MiB or more.
+    constexpr std::size_t conns = 20;
+    constexpr std::size_t size = 192 * 1024;
+    run_bounded([]() -> ringio::task<> {
+        ringio::event idle_done;
+        std::size_t drained = 0;
+        const std::string block = pattern(7, size);
+        auto srv = co_await ringio::start_server(
+            [&](ringio::stream_reader, ringio::stream_writer w) -> ringio::task<> {
+                w.set_write_buffer_limits(0);  // drain() returns when everything is sent
+                w.write(block);
+                co_await w.drain();
+                ++drained;
+                co_await idle_done.wait();
+            },
+            "127.0.0.1", 0);
+        std::size_t before = stress::heap_in_use();
+        // Plain sockets as clients, reading into one fixed buffer: only the server holds memory.
+        std::vector<ringio::socket> clients;
+        std::vector<std::byte> buf(64 * 1024);
+        for (std::size_t i = 0; i < conns; ++i) {
+            clients.push_back(ringio::socket::create(AF_INET, SOCK_STREAM));
+            co_await clients.back().connect(ringio::endpoint(ringio::ip_address::loopback_v4(), srv.port()));
+        }
+        for (auto& c : clients) {
+            std::size_t got = 0;
+            while (got < size) {
+                std::size_t n = co_await c.recv(buf);
+                REQUIRE(n > 0);
+                got += n;
+            }
+        }
+        CHECK(co_await test::eventually([&] { return drained == conns; }, 10s));
+        std::size_t after = stress::heap_in_use();
+        CAPTURE(before);
+        CAPTURE(after);
+        CHECK(after < before + conns * size / 4);
+        idle_done.set();
+        for (auto& c : clients) co_await c.close();
         srv.close();
         co_await srv.wait_closed();
     }());

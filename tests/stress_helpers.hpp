@@ -62,13 +62,14 @@ inline std::size_t raise_fd_limit() {
     return static_cast<std::size_t>(r.rlim_cur);
 }
 
-/// Bytes of heap in use (malloc'ed and not freed): mallinfo2().uordblks, or under ASan (whose
+/// Bytes of heap in use (malloc'ed and not freed, mmapped blocks included), or under ASan (whose
 /// allocator replaces malloc) the sanitizer's count.
 inline std::size_t heap_in_use() {
 #ifdef RINGIO_STRESS_ASAN
     return __sanitizer_get_current_allocated_bytes();
 #else
-    return mallinfo2().uordblks;
+    struct mallinfo2 m = mallinfo2();
+    return m.uordblks + m.hblkhd;  // hblkhd: blocks above the mmap threshold (128 KiB and up)
 #endif
 }
 
