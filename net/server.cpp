@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <tuple>
 
 #include <fmt/format.h>
 
@@ -75,49 +76,78 @@ bool transient_accept_error(int err) {
            err == EPROTO || err == EPERM || err == EINTR;
 }
 
-task<> run_connection(std::shared_ptr<server_state> st, int fd) {
-    socket s(fd);
-    if (!st->unix_path.size()) {
-        try {
-            s.set_nodelay(true);
-        } catch (const std::system_error&) {
-        }
-    }
-    auto [reader, writer] = make_streams(std::move(s), stream_options{st->options.limit, st->options.read_timeout});
-    // Our own reference to the shared stream state, for close_clients()/abort_clients().
-    struct stream_ref {
-        stream_state* p;
-        ~stream_ref() { p->release(); }
-    };
-    stream_state* ss = stream_access::state(writer);
-    ss->add_ref();
+// What a connection does around its handler, kept out of run_connection's frame: that frame
+// lives as long as the connection, and every local or temporary in it costs every connection.
+struct connection_scope {
     connection conn;
-    stream_ref ref{ss};
-    conn.stream = ss;
-    st->conns.push_back(&conn);
-    ++st->conn_count;
 
+    connection_scope(server_state& st, int fd, stream_reader& r, stream_writer& w) {
+        socket s(fd);
+        if (st.unix_path.empty()) {
+            try {
+                s.set_nodelay(true);
+            } catch (const std::system_error&) {
+            }
+        }
+        std::tie(r, w) = make_streams(std::move(s), stream_options{st.options.limit, st.options.read_timeout});
+        conn.stream = stream_access::state(w);
+        conn.stream->add_ref();  // our own reference, for close_clients()/abort_clients()
+        st.conns.push_back(&conn);
+        ++st.conn_count;
+    }
+    connection_scope(const connection_scope&) = delete;
+    connection_scope& operator=(const connection_scope&) = delete;
+    ~connection_scope() { conn.stream->release(); }
+
+    /// After the handler: false if it was cancelled (then the close is not waited for).
+    bool handler_ended(std::exception_ptr e) noexcept {
+        stream_state* ss = conn.stream;
+        bool cancelled = false;
+        if (e) {
+            try {
+                std::rethrow_exception(e);
+            } catch (const cancelled_error&) {
+                cancelled = true;
+            } catch (const timeout_error&) {
+                // server_options::read_timeout expired: closing the connection is the expected outcome
+            } catch (...) {
+                try {
+                    log(log_level::error, "connection handler for {} failed: {}", ss->peer(), describe(e));
+                } catch (...) {
+                    // a log handler that throws must not take the server down
+                }
+            }
+        }
+        ss->close();  // flush what the handler wrote, then close (no-op if it did)
+        return !cancelled;
+    }
+
+    void leave(server_state& st) noexcept {
+        intrusive_list<connection>::erase(&conn);
+        --st.conn_count;
+        st.check_done();
+    }
+};
+
+task<> run_connection(std::shared_ptr<server_state> st, int fd) {
+    stream_reader reader;
+    stream_writer writer;
+    connection_scope scope(*st, fd, reader, writer);
     std::exception_ptr failure;
     try {
         co_await st->handler(std::move(reader), std::move(writer));
-    } catch (const cancelled_error&) {
-        failure = std::current_exception();
-    } catch (const timeout_error&) {
-        // server_options::read_timeout expired: closing the connection is the expected outcome
     } catch (...) {
-        log(log_level::error, "connection handler for {} failed: {}", ss->peer(), describe(std::current_exception()));
+        failure = std::current_exception();
     }
-    ss->close();  // flush what the handler wrote, then close (no-op if it did)
-    if (!failure) {
+    if (scope.handler_ended(failure)) {
+        failure = nullptr;
         try {
-            co_await ss->wait_closed();
+            co_await scope.conn.stream->wait_closed();
         } catch (const cancelled_error&) {
             failure = std::current_exception();
         }
     }
-    intrusive_list<connection>::erase(&conn);
-    --st->conn_count;
-    st->check_done();
+    scope.leave(*st);
     if (failure) std::rethrow_exception(failure);
 }
 
