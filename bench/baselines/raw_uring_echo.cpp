@@ -6,6 +6,11 @@
 //
 //   raw_uring_echo [--host IPV4] [--port PORT]     (the example-server contract)
 //
+// With RAW_URING_DIRECT=1 in the environment the connections are registered (direct)
+// descriptors: accepted straight into a sparse file table, every recv/send with
+// IOSQE_FIXED_FILE, closed with close_direct. It measures what registered files could save
+// (bench/README.md, "Registered (direct) file descriptors").
+//
 // Per connection the server keeps a few bytes (a FIFO of buffer ids waiting to be sent, so that
 // bytes leave in the order they came even when a send is short) and no buffer of its own: idle
 // connections cost no user-space buffer memory. When the ring runs out of buffers the kernel
@@ -14,6 +19,7 @@
 
 #include <liburing.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 
 #include <cstdint>
 #include <vector>
@@ -59,6 +65,7 @@ struct server {
     std::vector<connection> conns;
     std::vector<int> rearm;  // connections whose recv ended with ENOBUFS
     int listen_fd = -1;
+    bool direct = false;  // RAW_URING_DIRECT=1: registered (direct) descriptors for the connections
     __kernel_timespec accept_backoff{0, 10'000'000};
 
     io_uring_sqe* sqe() {
@@ -77,14 +84,17 @@ struct server {
 
     void arm_accept() {
         io_uring_sqe* s = sqe();
-        io_uring_prep_multishot_accept(s, listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+        if (direct)
+            io_uring_prep_multishot_accept_direct(s, listen_fd, nullptr, nullptr, 0);
+        else
+            io_uring_prep_multishot_accept(s, listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
         io_uring_sqe_set_data64(s, make_data(op_accept, listen_fd));
     }
 
     void arm_recv(int fd) {
         io_uring_sqe* s = sqe();
         io_uring_prep_recv_multishot(s, fd, nullptr, 0, 0);
-        s->flags |= IOSQE_BUFFER_SELECT;
+        s->flags |= IOSQE_BUFFER_SELECT | (direct ? IOSQE_FIXED_FILE : 0);
         s->buf_group = buffer_group;
         io_uring_sqe_set_data64(s, make_data(op_recv, fd));
         conn(fd).recv_armed = true;
@@ -95,6 +105,7 @@ struct server {
         buffer_state& b = bufs[c.head];
         io_uring_sqe* s = sqe();
         io_uring_prep_send(s, fd, buffers + std::size_t(c.head) * buffer_size + b.off, b.len - b.off, MSG_NOSIGNAL);
+        if (direct) s->flags |= IOSQE_FIXED_FILE;
         io_uring_sqe_set_data64(s, make_data(op_send, fd, c.head));
     }
 
@@ -110,7 +121,10 @@ struct server {
         if (!c.open || !c.finished || c.recv_armed || c.head != no_buffer) return;
         c = connection{};
         io_uring_sqe* s = sqe();
-        io_uring_prep_close(s, fd);
+        if (direct)
+            io_uring_prep_close_direct(s, static_cast<unsigned>(fd));
+        else
+            io_uring_prep_close(s, fd);
         io_uring_sqe_set_data64(s, make_data(op_close, fd));
     }
 
@@ -180,7 +194,16 @@ struct server {
                 give_back(c.head);
                 c.head = next;
             }
-            if (c.recv_armed) ::shutdown(fd, SHUT_RDWR);  // the recv then completes with 0
+            if (c.recv_armed) {  // the recv then completes with 0
+                if (direct) {
+                    io_uring_sqe* s = sqe();
+                    io_uring_prep_shutdown(s, fd, SHUT_RDWR);
+                    s->flags |= IOSQE_FIXED_FILE;
+                    io_uring_sqe_set_data64(s, make_data(op_close, fd));
+                } else {
+                    ::shutdown(fd, SHUT_RDWR);
+                }
+            }
         } else {
             c.head = b.next;
             give_back(bid);
@@ -267,6 +290,16 @@ int main(int argc, char** argv) {
     io_uring_buf_ring_advance(s.br, static_cast<int>(s.returned));
     s.returned = 0;
 
+    if (const char* d = std::getenv("RAW_URING_DIRECT"); d && *d == '1') {
+        rlimit lim{};
+        ::getrlimit(RLIMIT_NOFILE, &lim);
+        r = io_uring_register_files_sparse(&s.ring, static_cast<unsigned>(lim.rlim_cur));
+        if (r < 0) {
+            errno = -r;
+            bench::die("io_uring_register_files_sparse");
+        }
+        s.direct = true;
+    }
     s.listen_fd = bench::listen_tcp(args, false);
     s.arm_accept();
     s.run();
