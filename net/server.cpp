@@ -79,9 +79,10 @@ bool transient_accept_error(int err) {
 // What a connection does around its handler, kept out of run_connection's frame: that frame
 // lives as long as the connection, and every local or temporary in it costs every connection.
 struct connection_scope {
+    server_state& st;
     connection conn;
 
-    connection_scope(server_state& st, int fd, stream_reader& r, stream_writer& w) {
+    connection_scope(server_state& server, int fd, stream_reader& r, stream_writer& w) : st(server) {
         socket s(fd);
         if (st.unix_path.empty()) {
             try {
@@ -97,7 +98,14 @@ struct connection_scope {
     }
     connection_scope(const connection_scope&) = delete;
     connection_scope& operator=(const connection_scope&) = delete;
-    ~connection_scope() { conn.stream->release(); }
+    /// Leaves the server however run_connection ends (even by an exception such as bad_alloc),
+    /// so the server's list never keeps a node of a freed frame.
+    ~connection_scope() {
+        intrusive_list<connection>::erase(&conn);
+        --st.conn_count;
+        st.check_done();
+        conn.stream->release();
+    }
 
     /// After the handler: false if it was cancelled (then the close is not waited for).
     bool handler_ended(std::exception_ptr e) noexcept {
@@ -121,12 +129,6 @@ struct connection_scope {
         ss->close();  // flush what the handler wrote, then close (no-op if it did)
         return !cancelled;
     }
-
-    void leave(server_state& st) noexcept {
-        intrusive_list<connection>::erase(&conn);
-        --st.conn_count;
-        st.check_done();
-    }
 };
 
 task<> run_connection(std::shared_ptr<server_state> st, int fd) {
@@ -147,8 +149,7 @@ task<> run_connection(std::shared_ptr<server_state> st, int fd) {
             failure = std::current_exception();
         }
     }
-    scope.leave(*st);
-    if (failure) std::rethrow_exception(failure);
+    if (failure) std::rethrow_exception(failure);  // after ~connection_scope has left the server
 }
 
 task<> accept_loop(std::shared_ptr<server_state> st, listener* l) {
