@@ -154,10 +154,12 @@ void stream_state::release() noexcept {
     if (closed && !send_queued_ && sock.in_flight() == 0) delete this;
 }
 
-endpoint stream_state::peer() const {
+endpoint stream_state::peer() const noexcept {
     if (peer_big_) return *peer_big_;
-    if (peer_len_ == 0) return endpoint{};
-    return endpoint::from_sockaddr(&peer_addr_.sa, peer_len_);  // accepted once already: cannot throw
+    endpoint e;  // byte for byte what getpeername gave, whatever the family (as remote_endpoint())
+    std::memcpy(e.data(), &peer_addr_, peer_len_);
+    e.resize(peer_len_);
+    return e;
 }
 
 endpoint stream_state::local() const {

@@ -122,7 +122,7 @@ public:
     task<> wait_closed();
     [[nodiscard]] std::size_t write_buffered() const noexcept { return pending_.size() + sending_.size() - send_off_; }
 
-    [[nodiscard]] endpoint peer() const;
+    [[nodiscard]] endpoint peer() const noexcept;
     /// Puts bytes a cancelled read had taken back in front of the buffer.
     void unread(std::span<const std::byte> data) { rbuf.prepend(data); }
     [[nodiscard]] endpoint local() const;
