@@ -27,12 +27,17 @@ struct free_block {
     free_block* next;
 };
 
+// Set when this thread's cache is destroyed (thread exit, or exit() for the main thread): frames
+// created or destroyed after that, from a static destructor say, bypass the cache.
+constinit thread_local bool cache_gone = false;
+
 struct cache {
     std::array<free_block*, classes> heads{};
     std::array<std::size_t, classes> counts{};
 
     ~cache() {
-        for (auto* head : heads) {
+        cache_gone = true;
+        for (auto*& head : heads) {
             while (head) {
                 free_block* next = head->next;
                 ::operator delete(head);
@@ -59,7 +64,7 @@ void* frame_alloc(std::size_t n) {
 #else
     std::size_t c = class_of(n);
     void* p;
-    if (c >= classes) {
+    if (c >= classes || cache_gone) {
         p = ::operator new(n);
     } else if (cache& k = tls_cache; free_block* b = k.heads[c]) {
         k.heads[c] = b->next;
@@ -80,7 +85,7 @@ void frame_free(void* p, std::size_t n) noexcept {
     return;
 #endif
     std::size_t c = class_of(n);
-    if (c >= classes) {
+    if (c >= classes || cache_gone) {
         ::operator delete(p);
         return;
     }
