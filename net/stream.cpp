@@ -35,12 +35,21 @@ constexpr std::size_t keep_capacity = 256 * 1024;
 // connection holds no write buffer, and a busy loop does not hand its buffers back to malloc,
 // which would return the memory to the kernel and fault it in again: freeing them cost 4 us per
 // 4 KiB round trip at 1,000 connections (bench/README.md).
+// Set when this thread's pool is destroyed (thread exit, or exit() for the main thread): a
+// loop still running after that, from a static destructor say, must not touch the pool.
+constinit thread_local bool pool_gone = false;
+
 class write_buffer_pool {
 public:
+    write_buffer_pool() = default;
+    write_buffer_pool(const write_buffer_pool&) = delete;
+    write_buffer_pool& operator=(const write_buffer_pool&) = delete;
+    ~write_buffer_pool() { pool_gone = true; }
+
     /// Takes v's memory (v is left empty without capacity).
     void put(std::vector<std::byte>& v) noexcept {
         if (v.capacity() == 0) return;
-        if (v.capacity() <= max_capacity && spare_.size() < max_buffers) {
+        if (!pool_gone && v.capacity() <= max_capacity && bytes_ + v.capacity() <= max_bytes) {
             if (spare_.capacity() == 0) {
                 try {
                     spare_.reserve(max_buffers);
@@ -49,6 +58,7 @@ public:
             }
             if (spare_.size() < spare_.capacity()) {
                 v.clear();
+                bytes_ += v.capacity();
                 spare_.push_back(std::move(v));  // no allocation: reserved
                 v = std::vector<std::byte>();
                 return;
@@ -56,21 +66,29 @@ public:
         }
         std::vector<std::byte>().swap(v);
     }
+    [[nodiscard]] std::size_t bytes() const noexcept { return pool_gone ? 0 : bytes_; }
     /// Gives an empty v (no capacity) a spare buffer, if there is one.
     void get(std::vector<std::byte>& v) noexcept {
-        if (v.capacity() != 0 || spare_.empty()) return;
+        if (pool_gone || v.capacity() != 0 || spare_.empty()) return;
         v = std::move(spare_.back());
         spare_.pop_back();
+        bytes_ -= v.capacity();
     }
 
 private:
+    // At most 256 buffers and 8 MiB per thread, kept for the thread's life; a buffer above
+    // keep_capacity is freed, as it would be while a connection is busy.
     static constexpr std::size_t max_buffers = 256;
-    static constexpr std::size_t max_capacity = 64 * 1024;
+    static constexpr std::size_t max_bytes = 8 * 1024 * 1024;
+    static constexpr std::size_t max_capacity = keep_capacity;
     std::vector<std::vector<std::byte>> spare_;
+    std::size_t bytes_ = 0;
 };
 
 thread_local write_buffer_pool spare_write_buffers;
 }  // namespace
+
+std::size_t spare_write_buffer_bytes() noexcept { return spare_write_buffers.bytes(); }
 
 stream_state::stream_state(socket s, std::size_t lim) : sock(std::move(s)), limit(lim), loop_(&event_loop::running()) {
     if (limit == 0) throw std::invalid_argument("ringio: stream limit must be positive");

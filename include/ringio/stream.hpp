@@ -53,6 +53,9 @@ inline constexpr std::size_t default_stream_limit = 64 * 1024;
 namespace detail {
 class stream_state;
 struct stream_access;
+/// Bytes of write buffers this thread keeps for reuse once their streams have sent everything
+/// (for tests and diagnostics; at most 8 MiB).
+std::size_t spare_write_buffer_bytes() noexcept;
 }
 
 /// The reading half of a connection. Move-only. One task may read at a time: a second
