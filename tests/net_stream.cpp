@@ -780,6 +780,35 @@ TEST_CASE("close() + wait_closed() flushes everything written before") {
     CHECK(test::open_fds() == fds);
 }
 
+TEST_CASE("streams over a socketpair: the peer is an unnamed Unix address, also after a reset") {
+    std::size_t fds = test::open_fds();
+    run_bounded([]() -> ringio::task<> {
+        int fd[2];
+        REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fd) == 0);
+        auto a = ringio::make_streams(ringio::socket(fd[0]));  // not a structured binding: GCC 12
+        auto b = ringio::make_streams(ringio::socket(fd[1]));
+        CHECK(a.second.peername().is_unix());
+        CHECK(a.second.peername().path().empty());
+        CHECK(a.second.peername() == b.second.sockname());
+        a.second.write("ping");
+        CHECK(co_await b.first.read_exactly(4) == "ping");
+        b.second.abort();
+        co_await b.second.wait_closed();
+        // The error names the peer as recorded when the stream was made.
+        auto e = co_await test::thrown<std::system_error>([](ringio::stream_writer& w) -> ringio::task<> {
+            for (int i = 0; i < 100; ++i) {  // until the kernel reports the peer gone
+                w.write(std::string(64 * 1024, 'x'));
+                co_await w.drain();
+            }
+        }(a.second));
+        REQUIRE(e);
+        CHECK(a.second.peername().is_unix());
+        a.second.close();
+        co_await a.second.wait_closed();
+    }());
+    CHECK(test::open_fds() == fds);
+}
+
 TEST_CASE("peername() and sockname() of both ends agree") {
     run_bounded([]() -> ringio::task<> {
         auto [a, b] = co_await tcp_pair();
