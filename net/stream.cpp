@@ -30,15 +30,15 @@ constexpr std::size_t direct_threshold = 64 * 1024;
 // Write buffers larger than this are freed once empty rather than kept for reuse.
 constexpr std::size_t keep_capacity = 256 * 1024;
 
+// Set when this thread's pool is destroyed (thread exit, or exit() for the main thread): a
+// loop still running after that, from a static destructor say, must not touch the pool.
+constinit thread_local bool pool_gone = false;
+
 // The write buffers of connections that have nothing left to send, for the next write() of any
 // connection on this thread (a loop's connections all live on its thread). So an idle
 // connection holds no write buffer, and a busy loop does not hand its buffers back to malloc,
 // which would return the memory to the kernel and fault it in again: freeing them cost 4 us per
 // 4 KiB round trip at 1,000 connections (bench/README.md).
-// Set when this thread's pool is destroyed (thread exit, or exit() for the main thread): a
-// loop still running after that, from a static destructor say, must not touch the pool.
-constinit thread_local bool pool_gone = false;
-
 class write_buffer_pool {
 public:
     write_buffer_pool() = default;
