@@ -76,38 +76,34 @@ bool transient_accept_error(int err) {
            err == EPROTO || err == EPERM || err == EINTR;
 }
 
-// What a connection does around its handler, kept out of run_connection's frame: that frame
-// lives as long as the connection, and every local or temporary in it costs every connection.
-struct connection_scope {
-    server_state& st;
+// One accepted connection, from its handler's start to its close. Not a coroutine: this lives
+// as long as the connection, and a coroutine around the handler kept 208 bytes of frame for
+// every connection (its locals and temporaries); this is 72. The handler runs as its own Task;
+// this waits for that Task's end as a done_waiter.
+struct connection_record : done_waiter {
     connection conn;
+    std::shared_ptr<server_state> server;
+    task_base* handler = nullptr;  // notified before the Task is freed
 
-    connection_scope(server_state& server, int fd, stream_reader& r, stream_writer& w) : st(server) {
-        socket s(fd);
-        if (st.unix_path.empty()) {
-            try {
-                s.set_nodelay(true);
-            } catch (const std::system_error&) {
-            }
-        }
-        std::tie(r, w) = make_streams(std::move(s), stream_options{st.options.limit, st.options.read_timeout});
-        conn.stream = stream_access::state(w);
-        conn.stream->add_ref();  // our own reference, for close_clients()/abort_clients()
-        st.conns.push_back(&conn);
-        ++st.conn_count;
+    connection_record(std::shared_ptr<server_state> st, stream_state* stream) noexcept : server(std::move(st)) {
+        conn.stream = stream;
+        stream->add_ref();  // our own reference, for close_clients()/abort_clients()
+        server->conns.push_back(&conn);
+        ++server->conn_count;
+        notify = &handler_done;
     }
-    connection_scope(const connection_scope&) = delete;
-    connection_scope& operator=(const connection_scope&) = delete;
-    /// Leaves the server however run_connection ends (even by an exception such as bad_alloc),
-    /// so the server's list never keeps a node of a freed frame.
-    ~connection_scope() {
+    connection_record(const connection_record&) = delete;
+    connection_record& operator=(const connection_record&) = delete;
+    /// Leaves the server, however the connection ended.
+    ~connection_record() {
         intrusive_list<connection>::erase(&conn);
-        --st.conn_count;
-        st.check_done();
+        --server->conn_count;
+        server->check_done();
         conn.stream->release();
     }
 
-    /// After the handler: false if it was cancelled (then the close is not waited for).
+    /// After the handler: logs its failure and closes the connection. False if it was
+    /// cancelled (then the close is not waited for).
     bool handler_ended(std::exception_ptr e) noexcept {
         stream_state* ss = conn.stream;
         bool cancelled = false;
@@ -129,27 +125,67 @@ struct connection_scope {
         ss->close();  // flush what the handler wrote, then close (no-op if it did)
         return !cancelled;
     }
-};
 
-task<> run_connection(std::shared_ptr<server_state> st, int fd) {
-    stream_reader reader;
-    stream_writer writer;
-    connection_scope scope(*st, fd, reader, writer);
-    std::exception_ptr failure;
-    try {
-        co_await st->handler(std::move(reader), std::move(writer));
-    } catch (...) {
-        failure = std::current_exception();
+    /// The handler's Task has ended: the connection leaves the server once it is closed.
+    static void handler_done(done_waiter* w) noexcept {
+        auto* c = static_cast<connection_record*>(w);
+        c->handler->mark_retrieved();  // its failure is logged here, not as "never retrieved"
+        finish(std::unique_ptr<connection_record>(c), c->handler->promise().exception);
     }
-    if (scope.handler_ended(failure)) {
-        failure = nullptr;
+
+    static void finish(std::unique_ptr<connection_record> c, std::exception_ptr e) noexcept {
+        if (!c->handler_ended(std::move(e)) || c->conn.stream->closed) return;
+        // Still flushing: a Task waits for the close (a frame only while the close goes on).
+        // Out of memory for it, the connection leaves the server now; its close goes on.
         try {
-            co_await scope.conn.stream->wait_closed();
-        } catch (const cancelled_error&) {
-            failure = std::current_exception();
+            (void)create_task(wait_closed_then_leave(std::move(c)));
+        } catch (...) {
         }
     }
-    if (failure) std::rethrow_exception(failure);  // after ~connection_scope has left the server
+
+    // Owns c as a parameter, so it is freed even if the Task is cancelled before it starts.
+    static task<> wait_closed_then_leave(std::unique_ptr<connection_record> c) {
+        co_await c->conn.stream->wait_closed();
+    }
+};
+
+/// Sets up an accepted connection and starts its handler as a Task of its own. A failure here
+/// (out of memory, a handler that throws before its first suspension) ends this connection only.
+void start_connection(const std::shared_ptr<server_state>& st, int fd) noexcept {
+    stream_reader reader;
+    stream_writer writer;
+    try {
+        socket s(fd);
+        if (st->unix_path.empty()) {
+            try {
+                s.set_nodelay(true);
+            } catch (const std::system_error&) {
+            }
+        }
+        std::tie(reader, writer) = make_streams(std::move(s), stream_options{st->options.limit, st->options.read_timeout});
+    } catch (...) {
+        try {
+            log(log_level::error, "accepted connection could not be set up: {}", describe(std::current_exception()));
+        } catch (...) {
+        }
+        return;  // the socket closed its fd
+    }
+    std::unique_ptr<connection_record> c;
+    try {
+        c = std::make_unique<connection_record>(st, stream_access::state(writer));
+        task_handle<> h = create_task(st->handler(std::move(reader), std::move(writer)));
+        c->handler = h.base();
+        h.base()->add_done_waiter(c.release());
+    } catch (...) {
+        if (c) {
+            connection_record::finish(std::move(c), std::current_exception());
+        } else {
+            try {
+                log(log_level::error, "accepted connection could not be set up: {}", describe(std::current_exception()));
+            } catch (...) {
+            }
+        }  // else the streams, going out of scope, close the connection
+    }
 }
 
 task<> accept_loop(std::shared_ptr<server_state> st, listener* l) {
@@ -182,7 +218,7 @@ task<> accept_loop(std::shared_ptr<server_state> st, listener* l) {
             }
             in_burst = false;
             backoff = std::chrono::milliseconds(100);
-            (void)create_task(run_connection(st, fd));
+            start_connection(st, fd);
         }
         if (int err = -std::exchange(l->error, 0); err != 0 && !st->closing) {
             if (err == ECANCELED) continue;

@@ -317,6 +317,47 @@ TEST_CASE("a handler that throws is logged with the peer's address; the server g
     CHECK(logs.lines.size() == 1);
 }
 
+TEST_CASE("a handler that fails before its coroutine starts is logged; the connection closes, the server goes on") {
+    // A plain function as the handler may throw before it returns a task, or return an empty
+    // one: each fails that connection only (logged with the peer), which the client sees as EOF.
+    log_capture logs;
+    run_bounded([&logs]() -> ringio::task<> {
+        int calls = 0;
+        auto srv = co_await ringio::start_server(
+            [&calls](ringio::stream_reader r, ringio::stream_writer w) -> ringio::task<> {
+                ++calls;
+                if (calls == 1) throw std::runtime_error("no task from the handler");
+                if (calls == 2) return {};
+                return [](ringio::stream_reader rd, ringio::stream_writer wr) -> ringio::task<> {
+                    while (true) {
+                        std::string line = co_await rd.read_line();
+                        if (line.empty()) break;
+                        wr.write(line);
+                    }
+                }(std::move(r), std::move(w));
+            },
+            "127.0.0.1", 0);
+        for (const char* expected : {"no task from the handler", "empty task"}) {
+            auto [r, w] = co_await ringio::open_connection("127.0.0.1", srv.port());
+            std::string me = w.sockname().to_string();
+            CHECK(co_await read_to_eof(r) == "");  // (data sent and never read would make it a reset)
+            CHECK(co_await eventually([&] { return srv.connections() == 0; }));
+            REQUIRE(!logs.lines.empty());
+            CHECK(contains(logs.lines.back(), me));
+            CHECK(contains(logs.lines.back(), expected));
+            w.close();
+            co_await w.wait_closed();
+        }
+        CHECK(logs.lines.size() == 2);
+        CHECK(srv.is_serving());
+        co_await echo_once(srv.port());
+        srv.close();
+        co_await srv.wait_closed();
+        CHECK(calls == 3);
+    }());
+    CHECK(logs.lines.size() == 2);
+}
+
 TEST_CASE("serve_forever() returns after close() and closes the server when cancelled") {
     run_bounded([]() -> ringio::task<> {
         {
