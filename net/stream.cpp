@@ -92,9 +92,8 @@ std::size_t spare_write_buffer_bytes() noexcept { return spare_write_buffers.byt
 
 stream_state::stream_state(socket s, std::size_t lim) : sock(std::move(s)), limit(lim), loop_(&event_loop::running()) {
     if (limit == 0) throw std::invalid_argument("ringio: stream limit must be positive");
-    send_req_.st = this;
-    send_req_.prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
-        stream_state* st = static_cast<send_request*>(r)->st;
+    send_req().prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
+        stream_state* st = of(static_cast<stream_send_request*>(r));
         int fd = st->sock.fd();
         // TRICKY: filled at submit time, so every write() of this pass goes out in one send.
         if (st->send_off_ == st->sending_.size()) {
@@ -117,25 +116,23 @@ stream_state::stream_state(socket s, std::size_t lim) : sock(std::move(s)), limi
             io_uring_prep_nop(sqe);
         }
     };
-    send_req_.complete = [](io_request* r, int res, std::uint32_t) noexcept {
-        static_cast<send_request*>(r)->st->on_sent(res);
+    send_req().complete = [](io_request* r, int res, std::uint32_t) noexcept {
+        of(static_cast<stream_send_request*>(r))->on_sent(res);
     };
     bufs_ = loop_->stream_buffers();
     if (bufs_) {
-        recv_req_.st = this;
-        recv_req_.prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
-            stream_state* st = static_cast<recv_request*>(r)->st;
+        recv_req().prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
+            stream_state* st = of(static_cast<stream_recv_request*>(r));
             st->recycled_mark_ = st->bufs_->recycled();
             io_uring_prep_recv(sqe, st->sock.fd(), nullptr, 0, 0);
             sqe->flags |= IOSQE_BUFFER_SELECT;
             sqe->buf_group = st->bufs_->group();
         };
-        recv_req_.complete = [](io_request* r, int res, std::uint32_t flags) noexcept {
-            static_cast<recv_request*>(r)->st->on_recv(res, flags);
+        recv_req().complete = [](io_request* r, int res, std::uint32_t flags) noexcept {
+            of(static_cast<stream_recv_request*>(r))->on_recv(res, flags);
         };
-        buffers_back_.st = this;
-        buffers_back_.ready = [](buffer_waiter* w) noexcept {
-            stream_state* st = static_cast<buffers_back*>(w)->st;
+        buffers_back().ready = [](buffer_waiter* w) noexcept {
+            stream_state* st = of(static_cast<stream_buffers_back*>(w));
             st->arm_recv();  // even if its reader left: the next buffer returned must wake someone
         };
     }
@@ -158,7 +155,7 @@ stream_state::stream_state(socket s, std::size_t lim) : sock(std::move(s)), limi
 
 stream_state::~stream_state() {
     if (bufs_) {
-        buffer_ring::cancel_wait(&buffers_back_);
+        buffer_ring::cancel_wait(&buffers_back());
         for (; chunk_count_ > 0; --chunk_count_, chunk_head_ = (chunk_head_ + 1) % max_chunks)
             bufs_->recycle(chunks_[chunk_head_].bid);
     }
@@ -218,7 +215,7 @@ void stream_state::arm_recv() {
     socket_state* ss = sock.state_ptr();
     ss->loop = loop_;
     ss->begin();
-    loop_->submit_later(&recv_req_);
+    loop_->submit_later(&recv_req());
 }
 
 void stream_state::push_chunk(std::uint16_t bid, std::uint32_t len) noexcept {
@@ -291,7 +288,7 @@ void stream_state::on_recv(int res, std::uint32_t flags) noexcept {
         // receive was armed, wait for one (every taken buffer is about to be read and given
         // back); otherwise try again at once.
         if (res == -ENOBUFS && bufs_->recycled() == recycled_mark_)
-            bufs_->wait(&buffers_back_);
+            bufs_->wait(&buffers_back());
         else
             arm_recv();
     }
@@ -329,11 +326,11 @@ struct stream_state::arrival : suspend_point {
         on_cancel = [](suspend_point* sp) noexcept {
             auto* a = static_cast<arrival*>(sp);
             a->cancelled = true;
-            buffer_ring::cancel_wait(&a->st->buffers_back_);
+            buffer_ring::cancel_wait(&a->st->buffers_back());
             a->st->wake_reader();  // the receive stays armed: what arrives waits in rbuf
         };
         t->suspended_at = this;
-        if (!st->buffers_back_.linked()) st->arm_recv();
+        if (!st->buffers_back().linked()) st->arm_recv();
         return true;
     }
     bool await_resume() {
@@ -441,11 +438,11 @@ void stream_state::queue_send() {
     add_ref();
     sock.state_ptr()->begin();
     sock.state_ptr()->loop = loop_;
-    loop_->submit_later(&send_req_);
+    loop_->submit_later(&send_req());
 }
 
 void stream_state::write(std::span<const std::byte> data) {
-    if (write_error_) throw make_system_error(write_error_.value(), fmt::format("ringio: write to {}", peer()));
+    if (write_errno_ != 0) throw make_system_error(write_errno_, fmt::format("ringio: write to {}", peer()));
     if (closing) throw invalid_state_error("ringio: write() after close()");
     if (eof_requested_) throw invalid_state_error("ringio: write() after write_eof()");
     if (data.empty()) return;
@@ -459,15 +456,15 @@ void stream_state::on_sent(int res) noexcept {
     if (res < 0) {
         if (kind_ == send_kind::shutdown) {
             eof_sent_ = true;  // ENOTCONN and friends: the peer is gone; reads will say so
-        } else if (!write_error_) {
-            write_error_ = std::error_code(res == -ECANCELED ? EPIPE : -res, std::system_category());
+        } else if (write_errno_ == 0) {
+            write_errno_ = res == -ECANCELED ? EPIPE : -res;
         }
     } else if (kind_ == send_kind::send) {
         send_off_ += static_cast<std::size_t>(res);
     } else if (kind_ == send_kind::shutdown) {
         eof_sent_ = true;
     }
-    if (write_error_ || aborted_) {  // nothing more will be sent: drop the data
+    if (write_errno_ != 0 || aborted_) {  // nothing more will be sent: drop the data
         pending_.clear();
         sending_.clear();
         send_off_ = 0;
@@ -484,12 +481,12 @@ void stream_state::on_sent(int res) noexcept {
             sending_.shrink_to_fit();
         }
     }
-    bool more = !write_error_ && !aborted_ &&
+    bool more = write_errno_ == 0 && !aborted_ &&
                 (send_off_ < sending_.size() || !pending_.empty() || (eof_requested_ && !eof_sent_));
     socket_state* ss = sock.state_ptr();
     if (more) {
         send_queued_ = true;  // keeps the reference and the in-flight count
-        loop_->submit_later(&send_req_);
+        loop_->submit_later(&send_req());
         wake_drainer();
         return;
     }
@@ -500,12 +497,12 @@ void stream_state::on_sent(int res) noexcept {
 }
 
 void stream_state::wake_drainer() noexcept {
-    if (drainer_ && (write_buffered() <= low || write_error_ || closed))
+    if (drainer_ && (write_buffered() <= low || write_errno_ != 0 || closed))
         loop_->wake(drain_task_, std::exchange(drainer_, {}));
 }
 
 task<> stream_state::drain() {
-    if (write_error_) throw make_system_error(write_error_.value(), fmt::format("ringio: drain to {}", peer()));
+    if (write_errno_ != 0) throw make_system_error(write_errno_, fmt::format("ringio: drain to {}", peer()));
     if (write_buffered() <= high || closed) co_return;
     if (drainer_) throw invalid_state_error("ringio: another task is already draining this stream");
     struct awaiter : suspend_point {
@@ -536,7 +533,7 @@ task<> stream_state::drain() {
         }
     };
     co_await awaiter{{}, this};
-    if (write_error_) throw make_system_error(write_error_.value(), fmt::format("ringio: drain to {}", peer()));
+    if (write_errno_ != 0) throw make_system_error(write_errno_, fmt::format("ringio: drain to {}", peer()));
 }
 
 void stream_state::write_eof() {
@@ -569,11 +566,11 @@ void stream_state::maybe_finish_close() noexcept {
     if (!closing || closed) return;
     socket_state* ss = sock.state_ptr();
     if (send_queued_ && !aborted_) return;  // still flushing; on_sent() calls again
-    if (recv_req_.linked()) {
+    if (recv_req().linked()) {
         // TRICKY: a receive armed this pass still waits in the loop's queue; a cancel sent to
         // the kernel now would go first and miss it. Take it back instead (its begin() too,
         // without the idle hook: the close is being finished right here).
-        intrusive_list<io_request>::erase(&recv_req_);
+        intrusive_list<io_request>::erase(&recv_req());
         armed_ = false;
         --ss->inflight;
     }
@@ -587,7 +584,7 @@ void stream_state::maybe_finish_close() noexcept {
 void stream_state::finish_close() noexcept {
     closed = true;
     if (bufs_) {
-        buffer_ring::cancel_wait(&buffers_back_);
+        buffer_ring::cancel_wait(&buffers_back());
         spill_all();  // what arrived before the close stays readable
         wake_reader();
     }

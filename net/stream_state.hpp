@@ -84,7 +84,14 @@ private:
     std::size_t end_ = 0;
 };
 
-class stream_state {
+// The receive, send and buffer-wait requests are bases rather than members, so a completion
+// finds its stream with a static_cast instead of a back pointer in each (24 bytes in every
+// connection; see the layout note below).
+struct stream_recv_request : io_request {};
+struct stream_send_request : io_request {};
+struct stream_buffers_back : buffer_waiter {};
+
+class stream_state : stream_recv_request, stream_send_request, stream_buffers_back {
 public:
     stream_state(socket s, std::size_t limit);
     stream_state(const stream_state&) = delete;
@@ -149,12 +156,12 @@ private:
         std::uint32_t len;
     };
     static constexpr unsigned max_chunks = 2;  // more arriving before the reader runs go to rbuf
-    struct recv_request : io_request {
-        stream_state* st = nullptr;
-    };
-    struct buffers_back : buffer_waiter {
-        stream_state* st = nullptr;
-    };
+    io_request& recv_req() noexcept { return static_cast<stream_recv_request&>(*this); }
+    io_request& send_req() noexcept { return static_cast<stream_send_request&>(*this); }
+    buffer_waiter& buffers_back() noexcept { return static_cast<stream_buffers_back&>(*this); }
+    static stream_state* of(stream_recv_request* r) noexcept { return static_cast<stream_state*>(r); }
+    static stream_state* of(stream_send_request* r) noexcept { return static_cast<stream_state*>(r); }
+    static stream_state* of(stream_buffers_back* w) noexcept { return static_cast<stream_state*>(w); }
     void arm_recv();
     void on_recv(int res, std::uint32_t flags) noexcept;
     void push_chunk(std::uint16_t bid, std::uint32_t len) noexcept;
@@ -164,26 +171,7 @@ private:
     void wake_reader() noexcept;
     [[nodiscard]] bool recv_done() const noexcept { return eof_received_ || recv_error_ != 0 || closing; }
 
-    std::shared_ptr<buffer_ring> bufs_;  // null: one receive per read, into rbuf or the caller's memory
-    recv_request recv_req_;
-    buffers_back buffers_back_;
-    std::uint32_t recycled_mark_ = 0;  // the ring's recycled() when recv_req_ was submitted
-    std::array<chunk, max_chunks> chunks_{};
-    std::uint8_t chunk_head_ = 0;
-    std::uint8_t chunk_count_ = 0;
-    bool armed_ = false;
-    bool eof_received_ = false;
-    int recv_error_ = 0;
-    std::size_t chunk_bytes_ = 0;
-    std::coroutine_handle<> reader_;
-    task_base* reader_task_ = nullptr;
-    bool reader_woken_ = false;
-
     enum class send_kind : std::uint8_t { send, shutdown, nop };
-    struct send_request : io_request {
-        stream_state* st = nullptr;
-    };
-
     void queue_send();
     void on_sent(int res) noexcept;
     void wake_drainer() noexcept;
@@ -191,20 +179,34 @@ private:
     void finish_close() noexcept;
     static void on_socket_idle(void* self) noexcept;
 
-    std::uint32_t refs_ = 0;
-    event_loop* loop_;
+    // Layout: every idle connection pays for every byte here, so the one-byte flags sit
+    // together after the public ones, and the four-byte fields in pairs (no padding holes).
+    std::uint8_t chunk_head_ = 0;
+    std::uint8_t chunk_count_ = 0;
+    bool armed_ = false;
+    bool eof_received_ = false;
+    bool reader_woken_ = false;
     bool reading_ = false;
+    send_kind kind_ = send_kind::nop;
+    bool send_queued_ = false;  // queued or in flight (holds a reference)
+    bool eof_requested_ = false;
+    bool eof_sent_ = false;
+    bool aborted_ = false;
+
+    std::shared_ptr<buffer_ring> bufs_;  // null: one receive per read, into rbuf or the caller's memory
+    std::array<chunk, max_chunks> chunks_{};
+    std::uint32_t recycled_mark_ = 0;  // the ring's recycled() when the receive was submitted
+    int recv_error_ = 0;
+    std::uint32_t refs_ = 0;
+    int write_errno_ = 0;  // a send failed: every later write()/drain() throws it
+    std::size_t chunk_bytes_ = 0;
+    std::coroutine_handle<> reader_;
+    task_base* reader_task_ = nullptr;
+    event_loop* loop_;
 
     std::vector<std::byte> sending_;  // owned by the kernel while a send is in flight
     std::vector<std::byte> pending_;  // appended to by write()
     std::size_t send_off_ = 0;
-    send_request send_req_;
-    send_kind kind_ = send_kind::nop;
-    bool send_queued_ = false;  // queued or in flight (holds a reference)
-    std::error_code write_error_;
-    bool eof_requested_ = false;
-    bool eof_sent_ = false;
-    bool aborted_ = false;
 
     std::coroutine_handle<> drainer_;
     task_base* drain_task_ = nullptr;

@@ -28,11 +28,12 @@ namespace detail {
 /// The fd and its in-flight operations. Freed (and the fd closed) only when the owner is gone
 /// and the last operation has completed.
 struct socket_state : op_tracker {
+    // (fd and the flags first: they fill the tracker's padding; every connection has one of these)
     int fd = -1;
-    event_loop* loop = nullptr;  // where operations were last submitted
     bool orphaned = false;       // the owning socket is gone: close when idle
     bool closing = false;        // close() has begun: no new operation may start
     bool cancel_sent = false;
+    event_loop* loop = nullptr;  // where operations were last submitted
     event closed;                // set when close() has closed the fd (for concurrent closers)
     std::coroutine_handle<> idle_waiter;
     task_base* idle_task = nullptr;
