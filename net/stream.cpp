@@ -222,7 +222,6 @@ void stream_state::push_chunk(std::uint16_t bid, std::uint32_t len) noexcept {
     if (chunk_count_ == max_chunks) spill_front();
     chunks_[(chunk_head_ + chunk_count_) % max_chunks] = chunk{bid, 0, len};
     ++chunk_count_;
-    chunk_bytes_ += len;
 }
 
 void stream_state::spill_front() noexcept {
@@ -235,7 +234,6 @@ void stream_state::spill_front() noexcept {
         // Out of memory for the data: fail the connection rather than lose bytes silently.
         if (recv_error_ == 0) recv_error_ = ENOMEM;
     }
-    chunk_bytes_ -= n;
     bufs_->recycle(c.bid);
     chunk_head_ = (chunk_head_ + 1) % max_chunks;
     --chunk_count_;
@@ -253,7 +251,6 @@ std::size_t stream_state::copy_received(std::span<std::byte> out) noexcept {
         std::memcpy(out.data() + done, bufs_->buffer(c.bid) + c.off, n);
         done += n;
         c.off += static_cast<std::uint32_t>(n);
-        chunk_bytes_ -= n;
         if (c.off == c.len) {
             bufs_->recycle(c.bid);
             chunk_head_ = (chunk_head_ + 1) % max_chunks;
@@ -304,12 +301,12 @@ void stream_state::wake_reader() noexcept {
 
 // What a read awaits on the buffer ring path. Not a coroutine, so a reader waiting on an idle
 // connection costs no frame of its own. Wake-ups come only with data, EOF, an error, the
-// close or a cancellation, so one suspension settles it.
+// close or a cancellation, so one suspension settles it. It lives in the reading coroutine's
+// frame for as long as the connection waits, so its flags live in the stream (one reader at a
+// time) and it is three words.
 struct stream_state::arrival : suspend_point {
     stream_state* st;
     std::size_t had;  // rbuf bytes already there: wait for more than these
-    bool spill;       // move the received buffers into rbuf (fill)
-    bool cancelled = false;
 
     [[nodiscard]] bool ready() const noexcept {
         return st->rbuf.size() > had || st->chunk_count_ > 0 || st->recv_done();
@@ -318,16 +315,16 @@ struct stream_state::arrival : suspend_point {
     bool await_suspend(std::coroutine_handle<> h) {
         task_base* t = st->loop_->current_task();
         if (t->take_cancel()) {
-            cancelled = true;
+            st->read_cancelled_ = true;
             return false;
         }
         st->reader_ = h;
         st->reader_task_ = t;
         on_cancel = [](suspend_point* sp) noexcept {
-            auto* a = static_cast<arrival*>(sp);
-            a->cancelled = true;
-            buffer_ring::cancel_wait(&a->st->buffers_back());
-            a->st->wake_reader();  // the receive stays armed: what arrives waits in rbuf
+            stream_state* s = static_cast<arrival*>(sp)->st;
+            s->read_cancelled_ = true;
+            buffer_ring::cancel_wait(&s->buffers_back());
+            s->wake_reader();  // the receive stays armed: what arrives waits in rbuf
         };
         t->suspended_at = this;
         if (!st->buffers_back().linked()) st->arm_recv();
@@ -335,11 +332,11 @@ struct stream_state::arrival : suspend_point {
     }
     bool await_resume() {
         st->reader_woken_ = false;
-        if (cancelled) {
+        if (std::exchange(st->read_cancelled_, false)) {
             st->loop_->current_task()->take_cancel();
             throw cancelled_error();
         }
-        if (spill) st->spill_all();
+        if (st->spill_on_arrival_) st->spill_all();
         if (st->rbuf.size() > had || st->chunk_count_ > 0) return true;
         if (st->recv_error_ != 0) throw st->io_error(st->recv_error_, "read from");
         st->eof = true;  // EOF, or the stream was closed
@@ -348,7 +345,9 @@ struct stream_state::arrival : suspend_point {
 };
 
 stream_state::arrival stream_state::received(std::size_t had, bool spill) noexcept {
-    return arrival{{}, this, had, spill};
+    spill_on_arrival_ = spill;
+    read_cancelled_ = false;
+    return arrival{{}, this, had};
 }
 
 std::size_t stream_state::take_into(std::span<std::byte> buf) noexcept {
@@ -365,7 +364,7 @@ std::string stream_state::take(std::size_t n) {
         rbuf.consume(out.size());
         return out;
     }
-    std::string out(std::min(n, chunk_bytes_), '\0');
+    std::string out(std::min(n, received()), '\0');
     copy_received(std::as_writable_bytes(std::span(out)));
     return out;
 }
@@ -780,7 +779,7 @@ task<std::string> do_read_line(detail::stream_state* s) {
 // byte a second never completes a line); the read is cancel-safe, so nothing is lost.
 template <class T>
 task<T> stream_reader::timed(task<T> t) {
-    if (s_ && s_->read_timeout) return wait_for(std::move(t), *s_->read_timeout);
+    if (s_ && s_->read_timeout != detail::stream_state::no_timeout) return wait_for(std::move(t), s_->read_timeout);
     return t;
 }
 
@@ -840,7 +839,7 @@ socket& stream_writer::transport() const { return need(s_)->sock; }
 
 std::pair<stream_reader, stream_writer> make_streams(socket connected, stream_options options) {
     auto* st = new detail::stream_state(std::move(connected), options.limit);
-    st->read_timeout = options.read_timeout;
+    st->read_timeout = options.read_timeout.value_or(detail::stream_state::no_timeout);
     st->add_ref();
     st->add_ref();
     return {stream_reader(st), stream_writer(st)};

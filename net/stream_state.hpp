@@ -114,7 +114,14 @@ public:
     std::string take(std::size_t n);
     std::size_t take_into(std::span<std::byte> buf) noexcept;
     /// Bytes received into the shared buffer ring and not yet read (they follow rbuf).
-    [[nodiscard]] std::size_t received() const noexcept { return chunk_bytes_; }
+    [[nodiscard]] std::size_t received() const noexcept {
+        std::size_t n = 0;
+        for (unsigned i = 0; i < chunk_count_; ++i) {
+            const chunk& c = chunks_[(chunk_head_ + i) % max_chunks];
+            n += c.len - c.off;
+        }
+        return n;
+    }
     [[nodiscard]] bool has_buffer_ring() const noexcept { return bufs_ != nullptr; }
     task<std::string> read_until(std::string_view sep);
     void begin_read();
@@ -138,7 +145,8 @@ public:
     socket sock;
     byte_buffer rbuf;
     std::size_t limit;
-    std::optional<std::chrono::nanoseconds> read_timeout;
+    static constexpr std::chrono::nanoseconds no_timeout = std::chrono::nanoseconds::min();
+    std::chrono::nanoseconds read_timeout = no_timeout;  // (an optional would take 8 bytes more)
     std::size_t high = 64 * 1024;
     std::size_t low = 16 * 1024;
     bool eof = false;
@@ -192,6 +200,8 @@ private:
     bool eof_requested_ = false;
     bool eof_sent_ = false;
     bool aborted_ = false;
+    bool read_cancelled_ = false;    // the waiting read was cancelled (see arrival)
+    bool spill_on_arrival_ = false;  // the waiting read wants the received buffers in rbuf
 
     std::shared_ptr<buffer_ring> bufs_;  // null: one receive per read, into rbuf or the caller's memory
     std::array<chunk, max_chunks> chunks_{};
@@ -199,7 +209,6 @@ private:
     int recv_error_ = 0;
     std::uint32_t refs_ = 0;
     int write_errno_ = 0;  // a send failed: every later write()/drain() throws it
-    std::size_t chunk_bytes_ = 0;
     std::coroutine_handle<> reader_;
     task_base* reader_task_ = nullptr;
     event_loop* loop_;
