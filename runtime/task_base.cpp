@@ -18,9 +18,9 @@ void promise_base::unhandled_exception() noexcept {
     }
 }
 
-task_base* task_base::make(event_loop* loop, std::coroutine_handle<> body, promise_base* p) {
+task_base* task_base::make(std::coroutine_handle<> body, promise_base* p) {
     void* mem = frame_alloc(sizeof(task_base));
-    auto* t = ::new (mem) task_base(loop, body, p);
+    auto* t = ::new (mem) task_base(body, p);
     p->root = t;
     return t;
 }
@@ -49,8 +49,8 @@ void task_base::finish() noexcept {
     status_ = p.cancelled ? status::cancelled : p.exception ? status::failed : status::done;
     cancel_requested_ = false;
     intrusive_list<task_base>::erase(this);
-    loop_->task_finished();
-    while (done_waiter* w = waiters_.pop_front()) w->notify(w);
+    event_loop::current()->task_finished();
+    while (done_waiter* w = waiters_.pop_front()) w->notify(w, this);
     release();  // the loop's reference
 }
 
@@ -61,3 +61,6 @@ void task_base::finish_unstarted() noexcept {
 }
 
 }  // namespace ringio::detail
+
+// Every connection's Task keeps one of these for its whole life (bench/README.md, idle memory).
+static_assert(sizeof(void*) != 8 || sizeof(ringio::detail::task_base) <= 64, "task_base grew past 64 bytes");

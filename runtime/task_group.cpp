@@ -18,7 +18,7 @@ void task_group::adopt(detail::task_base* t) {
     auto c = std::make_unique<child>();
     c->group = this;
     c->task = t;
-    c->notify = [](detail::done_waiter* w) noexcept {
+    c->notify = [](detail::done_waiter* w, detail::task_base*) noexcept {
         auto* ch = static_cast<child*>(w);
         ch->group->child_done(ch);
     };
@@ -26,7 +26,7 @@ void task_group::adopt(detail::task_base* t) {
     t->add_done_waiter(c.get());
     children_.push_back(std::move(c));
     ++running_;
-    loop_ = t->loop();
+    loop_ = event_loop::current();
 }
 
 void task_group::cancel() noexcept {

@@ -262,7 +262,7 @@ template <class T>
 T event_loop::run_until_complete(task<T> main) {
     if (!main.valid()) throw invalid_state_error("run_until_complete: empty task");
     auto h = main.release();
-    detail::task_base* root = detail::task_base::make(this, h, &h.promise());
+    detail::task_base* root = detail::task_base::make(h, &h.promise());
     root->add_ref();  // ours, dropped below after the value is taken
     spawn(root);
     struct releaser {

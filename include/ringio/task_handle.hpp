@@ -87,7 +87,7 @@ private:
                 pending_cancel = true;
                 return false;
             }
-            notify = [](detail::done_waiter* w) noexcept { static_cast<awaiter*>(w)->unpark(); };
+            notify = [](detail::done_waiter* w, detail::task_base*) noexcept { static_cast<awaiter*>(w)->unpark(); };
             on_cancel = [](detail::suspend_point* sp) noexcept { static_cast<awaiter*>(sp)->target->cancel(); };
             target->add_done_waiter(this);
             task->suspended_at = this;
@@ -130,7 +130,7 @@ task_handle<T> create_task(task<T> t) {
     event_loop& loop = event_loop::running();
     if (!t.valid()) throw invalid_state_error("ringio: create_task of an empty task");
     auto h = t.release();
-    detail::task_base* b = detail::task_base::make(&loop, h, &h.promise());
+    detail::task_base* b = detail::task_base::make(h, &h.promise());
     b->add_ref();  // the handle's
     loop.spawn(b);
     return task_handle<T>(b);

@@ -30,7 +30,7 @@ public:
         loop_ = &event_loop::running();
         self_ = loop_->current_task();
         h_ = h;
-        notify = [](done_waiter* w) noexcept {
+        notify = [](done_waiter* w, task_base*) noexcept {
             auto* a = static_cast<deadline_awaiter*>(w);
             a->loop_->remove_timer(a);
             a->loop_->wake(a->self_, a->h_);
@@ -160,7 +160,7 @@ public:
             cancelled_ = true;
             return false;
         }
-        notify = [](done_waiter* w) noexcept { static_cast<shield_awaiter*>(w)->unpark(); };
+        notify = [](done_waiter* w, task_base*) noexcept { static_cast<shield_awaiter*>(w)->unpark(); };
         on_cancel = [](suspend_point* sp) noexcept {
             auto* a = static_cast<shield_awaiter*>(sp);
             task_base::remove_done_waiter(a);

@@ -44,7 +44,7 @@ public:
             ++remaining_;
             waiters_[i].join = this;
             waiters_[i].task = t;
-            waiters_[i].notify = [](done_waiter* w) noexcept {
+            waiters_[i].notify = [](done_waiter* w, task_base*) noexcept {
                 auto* cw = static_cast<child_waiter*>(w);
                 cw->join->child_done(cw->task);
             };

@@ -25,8 +25,9 @@ struct suspend_point {
 };
 
 /// Somebody waiting for a Task to finish (an awaiter of its handle, gather, a task_group).
+/// notify gets the Task that finished (still alive during the call).
 struct done_waiter : list_node {
-    void (*notify)(done_waiter*) noexcept = nullptr;
+    void (*notify)(done_waiter*, task_base*) noexcept = nullptr;
 };
 
 struct promise_base {
@@ -49,8 +50,9 @@ class task_base : public list_node /* node in the loop's list of live tasks */ {
 public:
     enum class status : std::uint8_t { pending, done, failed, cancelled };
 
-    /// Creates the Task for coroutine `body` (its promise must derive from promise_base).
-    static task_base* make(event_loop* loop, std::coroutine_handle<> body, promise_base* promise);
+    /// Creates the Task for coroutine `body` (its promise must derive from promise_base). It
+    /// belongs to the calling thread's loop, the only one it ever runs on.
+    static task_base* make(std::coroutine_handle<> body, promise_base* promise);
 
     /// asyncio Task.cancel(): false when the task is finished or a cancellation is already on its
     /// way, true otherwise.
@@ -69,7 +71,6 @@ public:
     [[nodiscard]] status state() const noexcept { return status_; }
     [[nodiscard]] promise_base& promise() const noexcept { return *promise_; }
     [[nodiscard]] std::coroutine_handle<> body() const noexcept { return body_; }
-    [[nodiscard]] event_loop* loop() const noexcept { return loop_; }
 
     void add_done_waiter(done_waiter* w) noexcept { waiters_.push_back(w); }
     static void remove_done_waiter(done_waiter* w) noexcept {
@@ -83,23 +84,28 @@ public:
     // Called by the loop and the promise.
     void finish() noexcept;          // the body returned or threw
     void finish_unstarted() noexcept;  // cancelled before it ever ran
-    bool started = false;
-    bool shutdown_cancelled = false;  // cancelled once by the loop's shutdown
     suspend_point* suspended_at = nullptr;
 
 private:
-    task_base(event_loop* loop, std::coroutine_handle<> body, promise_base* p) noexcept
-        : loop_(loop), body_(body), promise_(p) {}
+    task_base(std::coroutine_handle<> body, promise_base* p) noexcept : body_(body), promise_(p) {}
     ~task_base();
 
-    event_loop* loop_;
+    // 64 bytes: every connection's Task has one for as long as it lives. No loop pointer (a
+    // Task runs on its creator's thread, whose loop is event_loop::current()); flags as bits,
+    // the last bytes (the access sections only order them).
     std::coroutine_handle<> body_;
     promise_base* promise_;
     intrusive_list<done_waiter> waiters_;
     std::uint32_t refs_ = 1;
     status status_ = status::pending;
-    bool cancel_requested_ = false;
-    bool retrieved_ = false;
+
+public:
+    bool started : 1 = false;
+    bool shutdown_cancelled : 1 = false;  // cancelled once by the loop's shutdown
+
+private:
+    bool cancel_requested_ : 1 = false;
+    bool retrieved_ : 1 = false;
 };
 
 }  // namespace ringio::detail
