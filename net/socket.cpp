@@ -41,7 +41,12 @@ void socket_state::idle(op_tracker* t) noexcept {
 }  // namespace detail
 
 socket::socket(int fd) {
-    st_ = new detail::socket_state;
+    try {
+        st_ = new detail::socket_state;
+    } catch (...) {
+        ::close(fd);  // adopted: not leaked when the state cannot be made
+        throw;
+    }
     st_->fd = fd;
     st_->on_idle = &detail::socket_state::idle;
 }

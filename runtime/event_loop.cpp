@@ -99,10 +99,19 @@ event_loop& event_loop::running() {
     return *tls_loop;
 }
 
-void event_loop::spawn(detail::task_base* t) {
+detail::task_base* event_loop::start_task(std::coroutine_handle<> body, detail::promise_base* promise) {
+    detail::task_base* t = detail::task_base::make(body, promise);  // destroys body if it throws
+    t->add_ref();
+    try {
+        wake(t, body);  // first: may grow the ready queue, which may throw
+    } catch (...) {
+        t->release();
+        t->release();  // the last: destroys the coroutine
+        throw;
+    }
     live_.push_back(t);
     ++live_count_;
-    wake(t, t->body());
+    return t;
 }
 
 // ---- submission ----

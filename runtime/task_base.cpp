@@ -19,7 +19,13 @@ void promise_base::unhandled_exception() noexcept {
 }
 
 task_base* task_base::make(std::coroutine_handle<> body, promise_base* p) {
-    void* mem = frame_alloc(sizeof(task_base));
+    void* mem;
+    try {
+        mem = frame_alloc(sizeof(task_base));
+    } catch (...) {
+        body.destroy();
+        throw;
+    }
     auto* t = ::new (mem) task_base(body, p);
     p->root = t;
     return t;

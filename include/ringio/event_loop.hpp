@@ -136,8 +136,10 @@ public:
         t->suspended_at = nullptr;
         ready_.push(ready_entry{t, h});
     }
-    /// Starts a Task: registers it as live and queues its first step.
-    void spawn(detail::task_base* t);
+    /// Makes the Task whose body is `body` and starts it: it is live and its first step queued.
+    /// Owns `body` from the call on: if this throws (out of memory), the coroutine is destroyed.
+    /// The Task has two references, the loop's and the caller's.
+    detail::task_base* start_task(std::coroutine_handle<> body, detail::promise_base* promise);
     /// Submits an operation (or queues it until the CQ has room).
     void submit(detail::io_request* r);
     /// Queues `r` to be submitted at the end of this pass (after the ready tasks ran), so that
@@ -261,10 +263,9 @@ T run(task<T> main, loop_options options = {}) {
 template <class T>
 T event_loop::run_until_complete(task<T> main) {
     if (!main.valid()) throw invalid_state_error("run_until_complete: empty task");
+    if (current() != this) throw invalid_state_error("run_until_complete: not the thread that made this loop");
     auto h = main.release();
-    detail::task_base* root = detail::task_base::make(h, &h.promise());
-    root->add_ref();  // ours, dropped below after the value is taken
-    spawn(root);
+    detail::task_base* root = start_task(h, &h.promise());  // one reference ours, dropped below
     struct releaser {
         detail::task_base* t;
         ~releaser() { t->release(); }

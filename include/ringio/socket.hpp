@@ -56,7 +56,7 @@ struct socket_state : op_tracker {
 class socket {
 public:
     socket() noexcept = default;
-    /// Adopts `fd` (an open socket).
+    /// Adopts `fd` (an open socket); if this throws (out of memory), `fd` is closed.
     explicit socket(int fd);
     socket(socket&& o) noexcept : st_(std::exchange(o.st_, nullptr)) {}
     socket& operator=(socket&& o) noexcept {

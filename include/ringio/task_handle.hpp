@@ -130,10 +130,7 @@ task_handle<T> create_task(task<T> t) {
     event_loop& loop = event_loop::running();
     if (!t.valid()) throw invalid_state_error("ringio: create_task of an empty task");
     auto h = t.release();
-    detail::task_base* b = detail::task_base::make(h, &h.promise());
-    b->add_ref();  // the handle's
-    loop.spawn(b);
-    return task_handle<T>(b);
+    return task_handle<T>(loop.start_task(h, &h.promise()));  // adopts the caller's reference
 }
 
 }  // namespace ringio

@@ -50,8 +50,9 @@ class task_base : public list_node /* node in the loop's list of live tasks */ {
 public:
     enum class status : std::uint8_t { pending, done, failed, cancelled };
 
-    /// Creates the Task for coroutine `body` (its promise must derive from promise_base). It
-    /// belongs to the calling thread's loop, the only one it ever runs on.
+    /// Creates the Task for coroutine `body` (its promise must derive from promise_base), which
+    /// it owns from the call on (destroyed if this throws). It belongs to the calling thread's
+    /// loop, the only one it ever runs on.
     static task_base* make(std::coroutine_handle<> body, promise_base* promise);
 
     /// asyncio Task.cancel(): false when the task is finished or a cancellation is already on its
