@@ -97,7 +97,7 @@ outcome run_without_io_uring(std::vector<std::string> args, std::chrono::millise
     return o;
 }
 
-void check_says_why(const char* path, std::vector<std::string> args, const std::string& name) {
+[[maybe_unused]] void check_says_why(const char* path, std::vector<std::string> args, const std::string& name) {
     args.insert(args.begin(), path);
     outcome o = run_without_io_uring(std::move(args), 20s);
     INFO("stdout: ", o.out);
@@ -118,7 +118,7 @@ void check_says_why(const char* path, std::vector<std::string> args, const std::
     CHECK(o.out.find("listening on") == std::string::npos);
 }
 
-bool can_run() {
+[[maybe_unused]] bool can_run() {
     if (test::native_arch == 0) {
         MESSAGE("no seccomp arch constant for this machine: skipped");
         return false;
