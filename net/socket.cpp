@@ -12,6 +12,14 @@ namespace ringio {
 
 namespace detail {
 
+// What a close() in progress needs: it waits for the operations in flight to end, and other
+// tasks closing the same socket wait for it. In the closing coroutine's frame.
+struct socket_state::closer {
+    event closed;  // set when the fd is closed (for concurrent closers)
+    std::coroutine_handle<> idle_waiter;
+    task_base* idle_task = nullptr;
+};
+
 void socket_state::cancel_all() noexcept {
     if (inflight == 0 || cancel_sent) return;
     cancel_sent = true;
@@ -34,7 +42,7 @@ void socket_state::idle(op_tracker* t) noexcept {
         delete s;
         return;
     }
-    if (s->idle_waiter) s->loop->wake(s->idle_task, std::exchange(s->idle_waiter, {}));
+    if (closer* c = s->closed_by; c && c->idle_waiter) s->loop->wake(c->idle_task, std::exchange(c->idle_waiter, {}));
     if (s->idle_hook) s->idle_hook(s->idle_ctx);  // last: it may free s
 }
 
@@ -205,26 +213,28 @@ task<> socket::close() {
     detail::socket_state* s = st_;
     if (!s) co_return;
     if (s->closing) {  // another task is closing it: wait for the same end
-        co_await s->closed.wait();
+        co_await s->closed_by->closed.wait();
         co_return;
     }
+    detail::socket_state::closer self;
     s->closing = true;
+    s->closed_by = &self;
     if (s->inflight > 0) {
         s->cancel_all();
-        s->idle_task = s->loop->current_task();
+        self.idle_task = s->loop->current_task();
         // Not a cancellation point: the fd must be closed whatever happens.
         struct idle_awaiter {
             detail::socket_state* st;
             bool await_ready() const noexcept { return st->inflight == 0; }
-            void await_suspend(std::coroutine_handle<> h) noexcept { st->idle_waiter = h; }
+            void await_suspend(std::coroutine_handle<> h) noexcept { st->closed_by->idle_waiter = h; }
             void await_resume() const noexcept {}
         };
         co_await idle_awaiter{s};
     }
     st_ = nullptr;
     s->close_now();
-    s->closed.set();  // wakes concurrent closers; they no longer touch s
     delete s;
+    self.closed.set();  // wakes concurrent closers; they no longer touch s
 }
 
 }  // namespace ringio

@@ -28,15 +28,15 @@ namespace detail {
 /// The fd and its in-flight operations. Freed (and the fd closed) only when the owner is gone
 /// and the last operation has completed.
 struct socket_state : op_tracker {
-    // (fd and the flags first: they fill the tracker's padding; every connection has one of these)
+    // 56 bytes, and every connection has one: the fd next to the flags, and what only a close()
+    // in progress needs lives in that close()'s frame (closer), not here.
     int fd = -1;
     bool orphaned = false;       // the owning socket is gone: close when idle
     bool closing = false;        // close() has begun: no new operation may start
     bool cancel_sent = false;
     event_loop* loop = nullptr;  // where operations were last submitted
-    event closed;                // set when close() has closed the fd (for concurrent closers)
-    std::coroutine_handle<> idle_waiter;
-    task_base* idle_task = nullptr;
+    struct closer;
+    closer* closed_by = nullptr;  // the close() in progress (set with `closing`)
     void (*idle_hook)(void*) noexcept = nullptr;  // called last when inflight drops to 0; may free *this
     void* idle_ctx = nullptr;
 
