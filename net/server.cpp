@@ -156,8 +156,9 @@ struct connection_record : done_waiter {
 void start_connection(const std::shared_ptr<server_state>& st, int fd) noexcept {
     stream_reader reader;
     stream_writer writer;
+    std::unique_ptr<connection_record> c;
     try {
-        socket s(fd);
+        socket s(fd);  // closes fd if anything below throws
         if (st->unix_path.empty()) {
             try {
                 s.set_nodelay(true);
@@ -165,27 +166,18 @@ void start_connection(const std::shared_ptr<server_state>& st, int fd) noexcept 
             }
         }
         std::tie(reader, writer) = make_streams(std::move(s), stream_options{st->options.limit, st->options.read_timeout});
-    } catch (...) {
-        try {
-            log(log_level::error, "accepted connection could not be set up: {}", describe(std::current_exception()));
-        } catch (...) {
-        }
-        return;  // the socket closed its fd
-    }
-    std::unique_ptr<connection_record> c;
-    try {
         c = std::make_unique<connection_record>(st, stream_access::state(writer));
         task_handle<> h = create_task(st->handler(std::move(reader), std::move(writer)));
         h.base()->add_done_waiter(c.release());
     } catch (...) {
-        if (c) {
+        if (c) {  // the handler failed to start: logged like a handler that threw
             connection_record::finish(std::move(c), std::current_exception());
-        } else {
-            try {
-                log(log_level::error, "accepted connection could not be set up: {}", describe(std::current_exception()));
-            } catch (...) {
-            }
-        }  // else the streams, going out of scope, close the connection
+            return;
+        }
+        try {  // (the streams, going out of scope, close the connection)
+            log(log_level::error, "accepted connection could not be set up: {}", describe(std::current_exception()));
+        } catch (...) {
+        }
     }
 }
 
