@@ -16,6 +16,12 @@
 
 namespace ringio::detail {
 
+// How much a read asks the kernel for when filling the internal buffer.
+inline constexpr std::size_t min_chunk = 16 * 1024;
+inline constexpr std::size_t max_chunk = 256 * 1024;
+// read_exactly receives straight into the caller's memory from this size on.
+inline constexpr std::size_t direct_threshold = 64 * 1024;
+
 /// A byte buffer consumed from the front and filled at the back; compacts before growing.
 class byte_buffer {
 public:
@@ -231,6 +237,51 @@ private:
     } peer_addr_{};
     socklen_t peer_len_ = 0;  // 0: unknown
     std::unique_ptr<endpoint> peer_big_;
+};
+
+// What a read awaits on the buffer ring path. Not a coroutine, so a reader waiting on an idle
+// connection costs no frame of its own. Wake-ups come only with data, EOF, an error, the
+// close or a cancellation, so one suspension settles it. It lives in the reading coroutine's
+// frame for as long as the connection waits, so its flags live in the stream (one reader at a
+// time) and it is three words.
+struct stream_state::arrival : suspend_point {
+    stream_state* st;
+    std::size_t had;  // rbuf bytes already there: wait for more than these
+
+    [[nodiscard]] bool ready() const noexcept {
+        return st->rbuf.size() > had || st->chunk_count_ > 0 || st->recv_done();
+    }
+    bool await_ready() const noexcept { return ready(); }
+    bool await_suspend(std::coroutine_handle<> h) {
+        task_base* t = st->loop_->current_task();
+        if (t->take_cancel()) {
+            st->read_cancelled_ = true;
+            return false;
+        }
+        st->reader_ = h;
+        st->reader_task_ = t;
+        on_cancel = [](suspend_point* sp) noexcept {
+            stream_state* s = static_cast<arrival*>(sp)->st;
+            s->read_cancelled_ = true;
+            buffer_ring::cancel_wait(&s->buffers_back());
+            s->wake_reader();  // the receive stays armed: what arrives waits in rbuf
+        };
+        t->suspended_at = this;
+        if (!st->buffers_back().linked()) st->arm_recv();
+        return true;
+    }
+    bool await_resume() {
+        st->reader_woken_ = false;
+        if (std::exchange(st->read_cancelled_, false)) {
+            st->loop_->current_task()->take_cancel();
+            throw cancelled_error();
+        }
+        if (st->spill_on_arrival_) st->spill_all();
+        if (st->rbuf.size() > had || st->chunk_count_ > 0) return true;
+        if (st->recv_error_ != 0) throw st->io_error(st->recv_error_, "read from");
+        st->eof = true;  // EOF, or the stream was closed
+        return false;
+    }
 };
 
 struct stream_access {

@@ -1,0 +1,174 @@
+// Receiving: the shared buffer ring's receive, the reader's wait for data (arrival), and the
+// one receive per read used without the ring.
+#include "ringio/stream.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "ringio/errors.hpp"
+#include "stream_state.hpp"
+
+namespace ringio::detail {
+
+//
+// A read that finds nothing buffered arms one receive that selects its buffer from the loop's
+// ring (IOSQE_BUFFER_SELECT): the kernel takes a buffer only when data arrives, the reader
+// copies straight out of it and gives it back, so a buffer is held only from the data's
+// arrival to its reading, never by an idle connection. Data is taken only when a reader asks,
+// so a fast peer cannot fill the server's memory (no pause_reading needed).
+//
+// Why not a multishot receive (one SQE for many arrivals)? It needs cancelling to pause a slow
+// reader, and on the 6.18 kernel measured a multishot receive cancelled and armed again can
+// miss the peer's EOF: reproduced with plain liburing, and by tests/stress_shutdown.cpp
+// (connections that never close). See docs/net.md.
+
+void stream_state::arm_recv() {
+    if (armed_ || recv_done()) return;
+    armed_ = true;
+    // No reference: the socket's in-flight count keeps this state alive until the receive
+    // ends, and the reader and writer going away must still close the connection.
+    socket_state* ss = sock.state_ptr();
+    ss->loop = loop_;
+    ss->begin();
+    loop_->submit_later(&recv_req());
+}
+
+void stream_state::push_chunk(std::uint16_t bid, std::uint32_t len) noexcept {
+    if (chunk_count_ == max_chunks) spill_front();
+    chunks_[(chunk_head_ + chunk_count_) % max_chunks] = chunk{bid, 0, len};
+    ++chunk_count_;
+}
+
+void stream_state::spill_front() noexcept {
+    chunk& c = chunks_[chunk_head_];
+    std::size_t n = c.len - c.off;
+    try {
+        std::memcpy(rbuf.prepare(n).data(), bufs_->buffer(c.bid) + c.off, n);
+        rbuf.commit(n);
+    } catch (const std::bad_alloc&) {
+        // Out of memory for the data: fail the connection rather than lose bytes silently.
+        if (recv_error_ == 0) recv_error_ = ENOMEM;
+    }
+    bufs_->recycle(c.bid);
+    chunk_head_ = (chunk_head_ + 1) % max_chunks;
+    --chunk_count_;
+}
+
+void stream_state::spill_all() noexcept {
+    while (chunk_count_ > 0) spill_front();
+}
+
+std::size_t stream_state::copy_received(std::span<std::byte> out) noexcept {
+    std::size_t done = 0;
+    while (chunk_count_ > 0 && done < out.size()) {
+        chunk& c = chunks_[chunk_head_];
+        std::size_t n = std::min<std::size_t>(c.len - c.off, out.size() - done);
+        std::memcpy(out.data() + done, bufs_->buffer(c.bid) + c.off, n);
+        done += n;
+        c.off += static_cast<std::uint32_t>(n);
+        if (c.off == c.len) {
+            bufs_->recycle(c.bid);
+            chunk_head_ = (chunk_head_ + 1) % max_chunks;
+            --chunk_count_;
+        }
+    }
+    // The rest goes to rbuf: a buffer is never held while the reader's caller runs (it may
+    // wait on something that needs this very buffer back, e.g. its own drain()).
+    spill_all();
+    return done;
+}
+
+void stream_state::on_recv(int res, std::uint32_t flags) noexcept {
+    if (flags & IORING_CQE_F_BUFFER) {
+        auto bid = static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+        bufs_->taken();
+        if (res > 0 && !closing)
+            push_chunk(bid, static_cast<std::uint32_t>(res));
+        else
+            bufs_->recycle(bid);
+    }
+    if (res == 0)
+        eof_received_ = true;
+    else if (res < 0 && res != -ENOBUFS && res != -ECANCELED && recv_error_ == 0)
+        recv_error_ = -res;
+    // Nobody to hand the buffer to (the reader left, or the receive was armed when a buffer
+    // came back): it goes back now.
+    if (!reader_ && !reader_woken_) spill_all();
+    armed_ = false;
+    if (reader_ && chunk_count_ == 0 && !recv_done()) {
+        // Out of buffers (ENOBUFS) while a reader waits. If no buffer came back since the
+        // receive was armed, wait for one (every taken buffer is about to be read and given
+        // back); otherwise try again at once.
+        if (res == -ENOBUFS && bufs_->recycled() == recycled_mark_)
+            bufs_->wait(&buffers_back());
+        else
+            arm_recv();
+    }
+    if (reader_ && (chunk_count_ > 0 || recv_done())) wake_reader();
+    sock.state_ptr()->end();  // last: may finish a close and free this
+}
+
+void stream_state::wake_reader() noexcept {
+    if (!reader_) return;
+    reader_woken_ = true;  // until it runs, what arrives stays in the ring's buffers for it
+    loop_->wake(reader_task_, std::exchange(reader_, {}));
+}
+
+stream_state::arrival stream_state::received(std::size_t had, bool spill) noexcept {
+    spill_on_arrival_ = spill;
+    read_cancelled_ = false;
+    return arrival{{}, this, had};
+}
+
+std::size_t stream_state::take_into(std::span<std::byte> buf) noexcept {
+    if (rbuf.empty()) return copy_received(buf);
+    std::size_t n = std::min(buf.size(), rbuf.size());  // spilled while the reader waited to run
+    std::memcpy(buf.data(), rbuf.data(), n);
+    rbuf.consume(n);
+    return n;
+}
+
+std::string stream_state::take(std::size_t n) {
+    if (!rbuf.empty()) {
+        std::string out(rbuf.view().substr(0, n));
+        rbuf.consume(out.size());
+        return out;
+    }
+    std::string out(std::min(n, received()), '\0');
+    copy_received(std::as_writable_bytes(std::span(out)));
+    return out;
+}
+
+// After close() the stream reads nothing more (as asyncio's transport stops reading): that is
+// its EOF, so read_until/read_line end instead of asking again.
+task<std::size_t> stream_state::recv_into(std::span<std::byte> buf) {
+    if (bufs_) {
+        bool more = co_await received(0, false);
+        co_return more ? take_into(buf) : 0;
+    }
+    if (eof || closing) {
+        eof = true;
+        co_return 0;
+    }
+    int fd = sock.fd();
+    io_result r = co_await sock.op([&](io_uring_sqe* s) noexcept { io_uring_prep_recv(s, fd, buf.data(), buf.size(), 0); });
+    if (r.res == 0 || (r.res == -ECANCELED && closing)) {  // EOF, or our own close() ended the read
+        eof = true;
+        co_return 0;
+    }
+    if (!r) throw io_error(-r.res, "read from");
+    co_return r.value();
+}
+
+task<bool> stream_state::fill(std::size_t hint) {
+    if (bufs_) co_return co_await received(rbuf.size(), true);
+    std::span<std::byte> room = rbuf.prepare(std::clamp(hint, min_chunk, max_chunk));
+    std::size_t n = co_await recv_into(room);
+    rbuf.commit(n);
+    co_return n > 0;
+}
+
+}  // namespace ringio::detail

@@ -1,0 +1,199 @@
+// The stream state's life: construction, the peer's address, closing (close, abort, wait_closed).
+#include "ringio/stream.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "ringio/errors.hpp"
+#include "stream_state.hpp"
+
+namespace ringio {
+namespace detail {
+
+stream_state::stream_state(socket s, std::size_t lim) : sock(std::move(s)), limit(lim), loop_(&event_loop::running()) {
+    if (limit == 0) throw std::invalid_argument("ringio: stream limit must be positive");
+    send_req().prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
+        stream_state* st = of(static_cast<stream_send_request*>(r));
+        int fd = st->sock.fd();
+        // TRICKY: filled at submit time, so every write() of this pass goes out in one send.
+        if (st->send_off_ == st->sending_.size()) {
+            st->sending_.clear();
+            st->send_off_ = 0;
+            std::swap(st->sending_, st->pending_);
+        }
+        if (st->aborted_) {
+            st->kind_ = send_kind::nop;
+            io_uring_prep_nop(sqe);
+        } else if (!st->sending_.empty()) {
+            st->kind_ = send_kind::send;
+            io_uring_prep_send(sqe, fd, st->sending_.data() + st->send_off_, st->sending_.size() - st->send_off_,
+                               MSG_NOSIGNAL);
+        } else if (st->eof_requested_ && !st->eof_sent_) {
+            st->kind_ = send_kind::shutdown;
+            io_uring_prep_shutdown(sqe, fd, SHUT_WR);
+        } else {
+            st->kind_ = send_kind::nop;
+            io_uring_prep_nop(sqe);
+        }
+    };
+    send_req().complete = [](io_request* r, int res, std::uint32_t) noexcept {
+        of(static_cast<stream_send_request*>(r))->on_sent(res);
+    };
+    bufs_ = loop_->stream_buffers();
+    if (bufs_) {
+        recv_req().prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
+            stream_state* st = of(static_cast<stream_recv_request*>(r));
+            st->recycled_mark_ = st->bufs_->recycled();
+            io_uring_prep_recv(sqe, st->sock.fd(), nullptr, 0, 0);
+            sqe->flags |= IOSQE_BUFFER_SELECT;
+            sqe->buf_group = st->bufs_->group();
+        };
+        recv_req().complete = [](io_request* r, int res, std::uint32_t flags) noexcept {
+            of(static_cast<stream_recv_request*>(r))->on_recv(res, flags);
+        };
+        buffers_back().ready = [](buffer_waiter* w) noexcept {
+            stream_state* st = of(static_cast<stream_buffers_back*>(w));
+            st->arm_recv();  // even if its reader left: the next buffer returned must wake someone
+        };
+    }
+    socket_state* ss = sock.state_ptr();
+    ss->idle_hook = &stream_state::on_socket_idle;
+    ss->idle_ctx = this;
+    // Recorded now: after a reset or a close, getpeername can no longer tell, and error
+    // messages and peername() must still name the peer.
+    try {
+        endpoint e = sock.remote_endpoint();
+        if (e.size() <= sizeof peer_addr_) {
+            std::memcpy(&peer_addr_, e.data(), e.size());
+            peer_len_ = e.size();
+        } else {
+            peer_big_ = std::make_unique<endpoint>(e);
+        }
+    } catch (const std::system_error&) {
+    }
+}
+
+stream_state::~stream_state() {
+    if (bufs_) {
+        buffer_ring::cancel_wait(&buffers_back());
+        for (; chunk_count_ > 0; --chunk_count_, chunk_head_ = (chunk_head_ + 1) % max_chunks)
+            bufs_->recycle(chunks_[chunk_head_].bid);
+    }
+}
+
+void stream_state::release() noexcept {
+    if (--refs_ != 0) return;
+    // Both halves are gone. An abandoned connection is flushed and closed, never leaked; the
+    // state lives on while that happens (the send holds its own reference).
+    if (!closing) close();
+    if (closed && !send_queued_ && sock.in_flight() == 0) delete this;
+}
+
+endpoint stream_state::peer() const noexcept {
+    if (peer_big_) return *peer_big_;
+    endpoint e;  // byte for byte what getpeername gave, whatever the family (as remote_endpoint())
+    std::memcpy(e.data(), &peer_addr_, peer_len_);
+    e.resize(peer_len_);
+    return e;
+}
+
+endpoint stream_state::local() const {
+    // Not cached: rarely asked for, and 144 bytes in every connection's state.
+    return sock.valid() ? sock.local_endpoint() : endpoint{};
+}
+
+std::system_error stream_state::io_error(int err, const char* what) {
+    return make_system_error(err, fmt::format("ringio: {} {}", what, peer()));
+}
+
+// ---- reading ----
+
+void stream_state::begin_read() {
+    if (reading_)
+        throw invalid_state_error("ringio: another task is already reading from this stream");
+    reading_ = true;
+}
+
+
+void stream_state::close() {
+    if (closing) return;
+    closing = true;
+    maybe_finish_close();
+}
+
+void stream_state::abort() {
+    if (closed) return;
+    aborted_ = true;
+    closing = true;
+    pending_.clear();
+    if (sock.valid()) {
+        try {
+            sock.set_linger(std::chrono::seconds(0));  // close() then sends RST
+        } catch (const std::system_error&) {
+        }
+    }
+    maybe_finish_close();
+}
+
+void stream_state::maybe_finish_close() noexcept {
+    if (!closing || closed) return;
+    socket_state* ss = sock.state_ptr();
+    if (send_queued_ && !aborted_) return;  // still flushing; on_sent() calls again
+    if (recv_req().linked()) {
+        // TRICKY: a receive armed this pass still waits in the loop's queue; a cancel sent to
+        // the kernel now would go first and miss it. Take it back instead (its begin() too,
+        // without the idle hook: the close is being finished right here).
+        intrusive_list<io_request>::erase(&recv_req());
+        armed_ = false;
+        --ss->inflight;
+    }
+    if (ss->inflight > 0) {
+        ss->cancel_all();  // a pending read ends as EOF; the idle hook finishes the close
+        return;
+    }
+    finish_close();
+}
+
+void stream_state::finish_close() noexcept {
+    closed = true;
+    if (bufs_) {
+        buffer_ring::cancel_wait(&buffers_back());
+        spill_all();  // what arrived before the close stays readable
+        wake_reader();
+    }
+    ::close(sock.release());
+    closed_event_.set();
+    wake_drainer();
+}
+
+void stream_state::on_socket_idle(void* self) noexcept {
+    auto* st = static_cast<stream_state*>(self);
+    if (st->closing && !st->closed) st->maybe_finish_close();
+    if (st->closed && st->refs_ == 0 && !st->send_queued_) delete st;
+}
+
+task<> stream_state::wait_closed() {
+    add_ref();
+    struct releaser {
+        stream_state* s;
+        ~releaser() { s->release(); }
+    } guard{this};
+    co_await closed_event_.wait();
+}
+
+}  // namespace detail
+
+// ---- construction ----
+
+std::pair<stream_reader, stream_writer> make_streams(socket connected, stream_options options) {
+    auto* st = new detail::stream_state(std::move(connected), options.limit);
+    st->read_timeout = options.read_timeout.value_or(detail::stream_state::no_timeout);
+    st->add_ref();
+    st->add_ref();
+    return {stream_reader(st), stream_writer(st)};
+}
+
+}  // namespace ringio
