@@ -170,7 +170,7 @@ ringio::task<int> amain(options opt) {
         // An echo server closes after our EOF once it has sent everything: check that nothing
         // else arrives.
         writer.write_eof();
-        std::string extra = co_await ringio::wait_for(reader.read(), reply_deadline);
+        std::string extra = co_await ringio::wait_for(reader.read(65536), reply_deadline);
         if (!extra.empty()) throw failure(fmt::format("the server sent {} bytes nobody asked for", extra.size()));
     } catch (const ringio::timeout_error&) {
         throw failure("the server did not close the connection after our EOF");

@@ -20,16 +20,13 @@
 namespace ringio {
 namespace detail {
 
-/// A receive waiting for a datagram from the multishot ring.
-struct recv_waiter : list_node, suspend_point {
+/// A receive waiting for a datagram from the multishot ring: an interrupt point (a cancelled
+/// receive leaves the queue and takes no datagram).
+struct recv_waiter : list_node, suspension {
     std::span<std::byte> buf;
     datagram result;
     int error = 0;  // -errno delivered instead of a datagram
     bool closed = false;  // the endpoint was closed while waiting
-    bool cancelled = false;
-    event_loop* loop = nullptr;
-    task_base* task = nullptr;
-    std::coroutine_handle<> h;
 };
 
 class datagram_state {
@@ -72,7 +69,7 @@ public:
     } recv_req;
     msghdr ms_hdr{};  // sizes reserved for the name and control parts of each buffer
     bool armed = false;
-    event_loop* loop = nullptr;
+    loop_core* loop = nullptr;
     struct ready_datagram {
         std::uint16_t bid;
         unsigned len;
@@ -81,7 +78,7 @@ public:
     int pending_error = 0;             // an error with no waiter to take it (-errno)
     intrusive_list<recv_waiter> waiters;
 
-    void setup_multishot(event_loop& l, const datagram_options& o) {
+    void setup_multishot(loop_core& l, const datagram_options& o) {
         loop = &l;
         ms_hdr.msg_namelen = sizeof(sockaddr_storage);
         std::size_t size = sizeof(io_uring_recvmsg_out) + sizeof(sockaddr_storage) + o.max_datagram;
@@ -99,13 +96,14 @@ public:
         };
     }
 
-    void arm() {
+    // Submitted at the end of the pass (never fails here: it also runs from completions).
+    void arm() noexcept {
         if (armed || closing) return;
         armed = true;
         socket_state* ss = sock.state_ptr();
         ss->loop = loop;
         ss->begin();
-        loop->submit(&recv_req);
+        loop->submit_later(&recv_req);
     }
 
     /// Copies datagram buffer `bid` into the waiter's buffer and gives it back to the kernel.
@@ -141,7 +139,7 @@ public:
 
     void finish(recv_waiter* w) noexcept {
         intrusive_list<recv_waiter>::erase(w);
-        w->loop->wake(w->task, w->h);
+        w->wake();
     }
 
     void on_recv(int res, std::uint32_t flags) noexcept {
@@ -201,29 +199,18 @@ struct recv_awaiter {
         return true;
     }
     bool await_suspend(std::coroutine_handle<> h) {
-        w.loop = &event_loop::running();
-        w.task = w.loop->current_task();
-        if (w.task->take_cancel()) {
-            w.cancelled = true;
-            return false;
-        }
-        w.h = h;
+        if (!w.begin(h)) return false;
+        st->arm();
         st->waiters.push_back(&w);
-        w.on_cancel = [](suspend_point* sp) noexcept {
+        w.arm([](suspension* sp) noexcept {
             auto* rw = static_cast<recv_waiter*>(sp);
             intrusive_list<recv_waiter>::erase(rw);
-            rw->cancelled = true;
-            rw->loop->wake(rw->task, rw->h);
-        };
-        w.task->suspended_at = &w;
-        st->arm();
+            rw->wake(true);
+        });
         return true;
     }
     datagram await_resume() {
-        if (w.cancelled) {
-            event_loop::running().current_task()->take_cancel();
-            throw cancelled_error();
-        }
+        w.resume();
         // st may be gone already when the endpoint was closed under us: use only the waiter.
         if (w.closed) throw_errno(EBADF, "ringio: datagram endpoint closed");
         if (w.error != 0) {
@@ -336,7 +323,7 @@ endpoint datagram_endpoint::local_endpoint() const { return need(st_).sock.local
 std::optional<endpoint> datagram_endpoint::remote_endpoint() const { return need(st_).remote; }
 bool datagram_endpoint::is_closing() const noexcept { return !st_ || st_->closing; }
 bool datagram_endpoint::multishot() const noexcept { return st_ && st_->ring; }
-socket& datagram_endpoint::transport() const { return need(st_).sock; }
+const socket& datagram_endpoint::transport() const { return need(st_).sock; }
 
 task<> datagram_endpoint::close() {
     if (!st_ || st_->closing) co_return;
@@ -458,7 +445,7 @@ task<datagram_endpoint> create_datagram_endpoint(std::optional<endpoint> local, 
     auto st = std::make_unique<detail::datagram_state>(std::move(s));
     st->family = family;
     st->remote = remote;
-    event_loop& loop = event_loop::running();
+    detail::loop_core& loop = detail::loop_core::running();
     if (options.multishot && loop.features().recv_multishot && loop.features().buf_ring) {
         try {
             st->setup_multishot(loop, options);

@@ -31,19 +31,18 @@ struct listener {
     int error = 0;           // last accept error (-errno), 0 if none
     bool armed = false;
     bool multishot = false;
-    event_loop* loop = nullptr;
-    std::coroutine_handle<> waiter;
-    task_base* waiter_task = nullptr;
+    loop_core* loop = nullptr;
+    suspension* waiter = nullptr;  // the accept loop, waiting for connections
 
     void arm() {
         armed = true;
         socket_state* ss = sock.state_ptr();
         ss->loop = loop;
-        ss->begin();
         loop->submit(&req);
+        ss->begin();
     }
     void wake() noexcept {
-        if (waiter) loop->wake(waiter_task, std::exchange(waiter, {}));
+        if (waiter) std::exchange(waiter, nullptr)->wake();
     }
 };
 
@@ -136,7 +135,7 @@ struct connection_record : done_waiter {
     }
 
     static void finish(std::unique_ptr<connection_record> c, std::exception_ptr e) noexcept {
-        if (!c->handler_ended(std::move(e)) || c->conn.stream->closed) return;
+        if (!c->handler_ended(std::move(e)) || c->conn.stream->is_closed()) return;
         // Still flushing: a Task waits for the close (a frame only while the close goes on).
         // Out of memory for it, the connection leaves the server now; its close goes on.
         try {
@@ -187,20 +186,25 @@ task<> accept_loop(std::shared_ptr<server_state> st, listener* l) {
     while (!st->closing) {
         if (!l->armed && l->error == 0) l->arm();
         if (l->ready.empty() && l->error == 0) {
-            struct awaiter : suspend_point {
+            // An interrupt point: a cancelled accept loop leaves at once; the multishot
+            // accept stays armed until the listener closes.
+            struct awaiter : suspension {
                 listener* l;
+                explicit awaiter(listener* li) noexcept : l(li) {}
                 bool await_ready() const noexcept { return false; }
-                void await_suspend(std::coroutine_handle<> h) {
-                    l->waiter = h;
-                    l->waiter_task = l->loop->current_task();
-                    on_cancel = [](suspend_point* sp) noexcept { static_cast<awaiter*>(sp)->l->wake(); };
-                    l->waiter_task->suspended_at = this;
+                bool await_suspend(std::coroutine_handle<> h) {
+                    if (!begin(h)) return false;
+                    l->waiter = this;
+                    arm([](suspension* sp) noexcept {
+                        auto* a = static_cast<awaiter*>(sp);
+                        a->l->waiter = nullptr;
+                        a->wake(true);
+                    });
+                    return true;
                 }
-                void await_resume() const {
-                    if (l->loop->current_task()->take_cancel()) throw cancelled_error();
-                }
+                void await_resume() { resume(); }
             };
-            co_await awaiter{{}, l};
+            co_await awaiter(l);
         }
         std::vector<int> fds = std::move(l->ready);
         l->ready.clear();
@@ -257,8 +261,8 @@ task<> run_listener(std::shared_ptr<server_state> st, listener* l) {
 
 void start_listeners(const std::shared_ptr<server_state>& st) {
     // The streams' shared receive buffers, set up before the first client rather than with it.
-    (void)event_loop::running().stream_buffers();
-    event_loop& loop = event_loop::running();
+    loop_core& loop = loop_core::running();
+    (void)loop.stream_buffers();
     for (socket& s : st->sockets) {
         auto l = std::make_unique<listener>(s);
         l->loop = &loop;

@@ -15,9 +15,8 @@ namespace detail {
 // What a close() in progress needs: it waits for the operations in flight to end, and other
 // tasks closing the same socket wait for it. In the closing coroutine's frame.
 struct socket_state::closer {
-    event closed;  // set when the fd is closed (for concurrent closers)
-    std::coroutine_handle<> idle_waiter;
-    task_base* idle_task = nullptr;
+    event closed;                      // set when the fd is closed (for concurrent closers)
+    suspension* idle_waiter = nullptr;  // the closer, waiting for the last completion
 };
 
 void socket_state::cancel_all() noexcept {
@@ -42,7 +41,7 @@ void socket_state::idle(op_tracker* t) noexcept {
         delete s;
         return;
     }
-    if (closer* c = s->closed_by; c && c->idle_waiter) s->loop->wake(c->idle_task, std::exchange(c->idle_waiter, {}));
+    if (closer* c = s->closed_by; c && c->idle_waiter) std::exchange(c->idle_waiter, nullptr)->wake();
     if (s->idle_hook) s->idle_hook(s->idle_ctx);  // last: it may free s
 }
 
@@ -93,7 +92,7 @@ int socket::release() noexcept {
 detail::socket_state* socket::state() const {
     if (!st_) throw invalid_state_error("ringio: operation on a closed socket");
     if (st_->closing) throw make_system_error(EBADF, "ringio: operation on a socket being closed");
-    st_->loop = event_loop::current();
+    st_->loop = detail::loop_core::current();
     return st_;
 }
 
@@ -104,7 +103,7 @@ void socket::fail(int err, const char* what) const {
     throw make_system_error(err, fmt::format("ringio: {}", what));
 }
 
-void socket::set_option_raw(int level, int name, const void* value, socklen_t size) {
+void socket::set_option_raw(int level, int name, const void* value, socklen_t size) const {
     if (::setsockopt(state()->fd, level, name, value, size) != 0) fail(errno, "setsockopt");
 }
 
@@ -113,15 +112,15 @@ void socket::get_option_raw(int level, int name, void* value, socklen_t size) co
     if (::getsockopt(state()->fd, level, name, value, &len) != 0) fail(errno, "getsockopt");
 }
 
-void socket::set_reuse_address(bool on) { set_option<int>(SOL_SOCKET, SO_REUSEADDR, on); }
-void socket::set_reuse_port(bool on) { set_option<int>(SOL_SOCKET, SO_REUSEPORT, on); }
-void socket::set_nodelay(bool on) { set_option<int>(IPPROTO_TCP, TCP_NODELAY, on); }
-void socket::set_keepalive(bool on) { set_option<int>(SOL_SOCKET, SO_KEEPALIVE, on); }
-void socket::set_recv_buffer_size(int bytes) { set_option<int>(SOL_SOCKET, SO_RCVBUF, bytes); }
-void socket::set_send_buffer_size(int bytes) { set_option<int>(SOL_SOCKET, SO_SNDBUF, bytes); }
-void socket::set_v6only(bool on) { set_option<int>(IPPROTO_IPV6, IPV6_V6ONLY, on); }
-void socket::set_broadcast(bool on) { set_option<int>(SOL_SOCKET, SO_BROADCAST, on); }
-void socket::set_linger(std::optional<std::chrono::seconds> timeout) {
+void socket::set_reuse_address(bool on) const { set_option<int>(SOL_SOCKET, SO_REUSEADDR, on); }
+void socket::set_reuse_port(bool on) const { set_option<int>(SOL_SOCKET, SO_REUSEPORT, on); }
+void socket::set_nodelay(bool on) const { set_option<int>(IPPROTO_TCP, TCP_NODELAY, on); }
+void socket::set_keepalive(bool on) const { set_option<int>(SOL_SOCKET, SO_KEEPALIVE, on); }
+void socket::set_recv_buffer_size(int bytes) const { set_option<int>(SOL_SOCKET, SO_RCVBUF, bytes); }
+void socket::set_send_buffer_size(int bytes) const { set_option<int>(SOL_SOCKET, SO_SNDBUF, bytes); }
+void socket::set_v6only(bool on) const { set_option<int>(IPPROTO_IPV6, IPV6_V6ONLY, on); }
+void socket::set_broadcast(bool on) const { set_option<int>(SOL_SOCKET, SO_BROADCAST, on); }
+void socket::set_linger(std::optional<std::chrono::seconds> timeout) const {
     linger l{};
     l.l_onoff = timeout.has_value();
     l.l_linger = timeout ? static_cast<int>(timeout->count()) : 0;
@@ -171,7 +170,7 @@ task<std::pair<socket, endpoint>> socket::accept() {
 
 task<std::size_t> socket::recv(std::span<std::byte> buf, int flags) {
     int fd = state()->fd;
-    io_result r = co_await op([&](io_uring_sqe* s) noexcept { io_uring_prep_recv(s, fd, buf.data(), buf.size(), flags); });
+    io_result r = co_await op([&](io_uring_sqe* s) noexcept { io_uring_prep_recv(s, fd, buf.data(), detail::io_length(buf.size()), flags); });
     if (!r) fail(-r.res, "recv");
     co_return r.value();
 }
@@ -179,13 +178,18 @@ task<std::size_t> socket::recv(std::span<std::byte> buf, int flags) {
 task<std::size_t> socket::send_some(std::span<const std::byte> buf, int flags) {
     int fd = state()->fd;
     io_result r = co_await op(
-        [&](io_uring_sqe* s) noexcept { io_uring_prep_send(s, fd, buf.data(), buf.size(), flags | MSG_NOSIGNAL); });
+        [&](io_uring_sqe* s) noexcept { io_uring_prep_send(s, fd, buf.data(), detail::io_length(buf.size()), flags | MSG_NOSIGNAL); });
     if (!r) fail(-r.res, "send");
     co_return r.value();
 }
 
 task<> socket::send(std::span<const std::byte> buf, int flags) {
-    while (!buf.empty()) buf = buf.subspan(co_await send_some(buf, flags));
+    while (!buf.empty()) {
+        std::size_t n = co_await send_some(buf, flags);
+        // A send that took nothing of a non-empty buffer would be asked again forever.
+        if (n == 0) throw make_system_error(EIO, "ringio: send took no bytes");
+        buf = buf.subspan(n);
+    }
 }
 
 task<std::size_t> socket::recvmsg(msghdr& msg, int flags) {
@@ -221,15 +225,18 @@ task<> socket::close() {
     s->closed_by = &self;
     if (s->inflight > 0) {
         s->cancel_all();
-        self.idle_task = s->loop->current_task();
         // Not a cancellation point: the fd must be closed whatever happens.
-        struct idle_awaiter {
+        struct idle_awaiter : detail::suspension {
             detail::socket_state* st;
+            explicit idle_awaiter(detail::socket_state* s) noexcept : st(s) {}
             bool await_ready() const noexcept { return st->inflight == 0; }
-            void await_suspend(std::coroutine_handle<> h) noexcept { st->closed_by->idle_waiter = h; }
-            void await_resume() const noexcept {}
+            void await_suspend(std::coroutine_handle<> h) {
+                begin(h, detail::cancel_kind::none);
+                st->closed_by->idle_waiter = this;
+            }
+            void await_resume() { resume(); }
         };
-        co_await idle_awaiter{s};
+        co_await idle_awaiter(s);
     }
     st_ = nullptr;
     s->close_now();

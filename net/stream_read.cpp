@@ -39,13 +39,13 @@ task<std::string> stream_state::read_until(std::string_view sep) {
             if (offset > limit)
                 throw limit_overrun_error("ringio: separator is not found, and chunk exceed the limit", offset);
         }
-        if (eof) {
+        if (eof_) {
             std::string partial(data);
             rbuf.clear();
             throw incomplete_read_error(std::move(partial), 0);
         }
         if (bufs_)
-            (void)co_await received(rbuf.size(), true);
+            (void)co_await arrived(rbuf.size(), true);
         else
             (void)co_await fill(min_chunk);
     }
@@ -99,11 +99,26 @@ task<std::string> do_read(detail::stream_state* s, std::size_t n) {
     read_guard g(s);
     if (n == 0) co_return std::string();
     if (s->rbuf.empty() && s->has_buffer_ring()) {
-        bool more = co_await s->received(0, false);
+        bool more = co_await s->arrived(0, false);
         co_return more ? s->take(n) : std::string();
     }
     if (s->rbuf.empty() && !co_await s->fill(n)) co_return std::string();
     co_return take(s->rbuf, n);
+}
+
+task<std::string> do_read_all(detail::stream_state* s, std::size_t max_size) {
+    read_guard g(s);
+    // Everything into the buffer, so that a limit overrun or a cancellation leaves it there.
+    while (true) {
+        if (s->rbuf.size() > max_size)
+            throw limit_overrun_error(fmt::format("ringio: read_all: more than {} bytes before EOF", max_size),
+                                      s->rbuf.size());
+        bool more = co_await s->fill(detail::max_chunk);
+        if (!more) break;
+    }
+    std::string out(s->rbuf.view());
+    s->rbuf.clear();
+    co_return out;
 }
 
 task<std::size_t> do_read_some(detail::stream_state* s, std::span<std::byte> buf) {
@@ -111,7 +126,7 @@ task<std::size_t> do_read_some(detail::stream_state* s, std::span<std::byte> buf
     if (buf.empty()) co_return 0;
     detail::byte_buffer& b = s->rbuf;
     if (b.empty() && s->has_buffer_ring()) {
-        bool more = co_await s->received(0, false);
+        bool more = co_await s->arrived(0, false);
         co_return more ? s->take_into(buf) : 0;
     }
     if (b.empty()) co_return co_await s->recv_into(buf);  // straight into the caller's memory
@@ -235,6 +250,8 @@ task<T> stream_reader::timed(task<T> t) {
 }
 
 task<std::string> stream_reader::read(std::size_t n) { return timed(do_read(s_, n)); }
+task<std::string> stream_reader::read() { return read_all(); }
+task<std::string> stream_reader::read_all(std::size_t max_size) { return timed(do_read_all(s_, max_size)); }
 task<std::size_t> stream_reader::read_some(std::span<std::byte> buf) { return timed(do_read_some(s_, buf)); }
 task<std::string> stream_reader::read_exactly(std::size_t n) { return timed(do_read_exactly(s_, n)); }
 task<> stream_reader::read_exactly(std::span<std::byte> buf) { return timed(do_read_exactly_into(s_, buf)); }
@@ -243,8 +260,8 @@ task<std::string> stream_reader::read_until(std::string_view separator) {
 }
 task<std::string> stream_reader::read_line() { return timed(do_read_line(s_)); }
 
-bool stream_reader::at_eof() const noexcept { return s_ && s_->eof && s_->rbuf.empty(); }
-std::size_t stream_reader::buffered() const noexcept { return s_ ? s_->rbuf.size() + s_->received() : 0; }
+bool stream_reader::at_eof() const noexcept { return s_ && s_->at_eof(); }
+std::size_t stream_reader::buffered() const noexcept { return s_ ? s_->buffered() : 0; }
 std::size_t stream_reader::limit() const noexcept { return s_ ? s_->limit : 0; }
 
 }  // namespace ringio

@@ -31,7 +31,6 @@ void stream_state::arm_recv() {
     // No reference: the socket's in-flight count keeps this state alive until the receive
     // ends, and the reader and writer going away must still close the connection.
     socket_state* ss = sock.state_ptr();
-    ss->loop = loop_;
     ss->begin();
     loop_->submit_later(&recv_req());
 }
@@ -85,20 +84,24 @@ void stream_state::on_recv(int res, std::uint32_t flags) noexcept {
     if (flags & IORING_CQE_F_BUFFER) {
         auto bid = static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
         bufs_->taken();
-        if (res > 0 && !closing)
+        // Received is received: kept even if the stream began closing meanwhile (a read then
+        // gets it before EOF, as without the ring).
+        if (res > 0)
             push_chunk(bid, static_cast<std::uint32_t>(res));
         else
             bufs_->recycle(bid);
     }
     if (res == 0)
         eof_received_ = true;
-    else if (res < 0 && res != -ENOBUFS && res != -ECANCELED && recv_error_ == 0)
+    else if (res < 0 && res != -ENOBUFS && res != -ECANCELED && res != -EINTR && recv_error_ == 0)
         recv_error_ = -res;
-    // Nobody to hand the buffer to (the reader left, or the receive was armed when a buffer
-    // came back): it goes back now.
-    if (!reader_ && !reader_woken_) spill_all();
+    // Nobody to hand the buffer to (no read in progress, or the receive was armed when a buffer
+    // came back): it goes back now. A reader woken and not yet run takes it itself.
+    suspension::state reader = static_cast<stream_reader_wait&>(*this).current_state();
+    if (reader == suspension::state::idle) spill_all();
     armed_ = false;
-    if (reader_ && chunk_count_ == 0 && !recv_done()) {
+    bool waiting = reader == suspension::state::waiting;
+    if (waiting && chunk_count_ == 0 && !recv_done()) {
         // Out of buffers (ENOBUFS) while a reader waits. If no buffer came back since the
         // receive was armed, wait for one (every taken buffer is about to be read and given
         // back); otherwise try again at once.
@@ -107,20 +110,17 @@ void stream_state::on_recv(int res, std::uint32_t flags) noexcept {
         else
             arm_recv();
     }
-    if (reader_ && (chunk_count_ > 0 || recv_done())) wake_reader();
+    if (waiting && (chunk_count_ > 0 || recv_done())) wake_reader();
     sock.state_ptr()->end();  // last: may finish a close and free this
 }
 
 void stream_state::wake_reader() noexcept {
-    if (!reader_) return;
-    reader_woken_ = true;  // until it runs, what arrives stays in the ring's buffers for it
-    loop_->wake(reader_task_, std::exchange(reader_, {}));
+    if (reader_waiting()) reader_wait().wake();
 }
 
-stream_state::arrival stream_state::received(std::size_t had, bool spill) noexcept {
+stream_state::arrival stream_state::arrived(std::size_t had, bool spill) noexcept {
     spill_on_arrival_ = spill;
-    read_cancelled_ = false;
-    return arrival{{}, this, had};
+    return arrival{this, had};
 }
 
 std::size_t stream_state::take_into(std::span<std::byte> buf) noexcept {
@@ -137,26 +137,46 @@ std::string stream_state::take(std::size_t n) {
         rbuf.consume(out.size());
         return out;
     }
-    std::string out(std::min(n, received()), '\0');
+    std::string out(std::min(n, buffered()), '\0');
     copy_received(std::as_writable_bytes(std::span(out)));
     return out;
+}
+
+// Stops receiving at once (close(), abort()): the receive in flight is cancelled (what it had
+// received before the cancel took effect is kept and read before EOF), a reader waiting for
+// ring buffers is woken; nothing new is received after this.
+void stream_state::stop_receiving() noexcept {
+    if (bufs_) {
+        buffer_ring::cancel_wait(&buffers_back());
+        if (armed_) loop_->cancel_io(&recv_req());  // its completion wakes the reader
+        wake_reader();  // (if no receive was armed: it waited for buffers, or is woken already)
+    } else if (direct_recv_) {
+        loop_->cancel_io(direct_recv_);
+    }
 }
 
 // After close() the stream reads nothing more (as asyncio's transport stops reading): that is
 // its EOF, so read_until/read_line end instead of asking again.
 task<std::size_t> stream_state::recv_into(std::span<std::byte> buf) {
     if (bufs_) {
-        bool more = co_await received(0, false);
+        bool more = co_await arrived(0, false);
         co_return more ? take_into(buf) : 0;
     }
-    if (eof || closing) {
-        eof = true;
+    if (eof_ || phase_ != phase::open) {
+        eof_ = true;
         co_return 0;
     }
     int fd = sock.fd();
-    io_result r = co_await sock.op([&](io_uring_sqe* s) noexcept { io_uring_prep_recv(s, fd, buf.data(), buf.size(), 0); });
-    if (r.res == 0 || (r.res == -ECANCELED && closing)) {  // EOF, or our own close() ended the read
-        eof = true;
+    auto op = sock.op([fd, buf](io_uring_sqe* s) noexcept { io_uring_prep_recv(s, fd, buf.data(), io_length(buf.size()), 0); });
+    direct_recv_ = op.request();
+    struct forget {
+        io_request*& r;
+        ~forget() { r = nullptr; }
+    } forget_on_exit{direct_recv_};
+    io_result r = co_await op;
+    // EOF, or our own close() ended the read (our cancellation would have thrown instead).
+    if (r.res == 0 || ((r.res == -ECANCELED || r.res == -EINTR) && phase_ != phase::open)) {
+        eof_ = true;
         co_return 0;
     }
     if (!r) throw io_error(-r.res, "read from");
@@ -164,7 +184,7 @@ task<std::size_t> stream_state::recv_into(std::span<std::byte> buf) {
 }
 
 task<bool> stream_state::fill(std::size_t hint) {
-    if (bufs_) co_return co_await received(rbuf.size(), true);
+    if (bufs_) co_return co_await arrived(rbuf.size(), true);
     std::span<std::byte> room = rbuf.prepare(std::clamp(hint, min_chunk, max_chunk));
     std::size_t n = co_await recv_into(room);
     rbuf.commit(n);

@@ -13,7 +13,7 @@
 namespace ringio {
 namespace detail {
 
-stream_state::stream_state(socket s, std::size_t lim) : sock(std::move(s)), limit(lim), loop_(&event_loop::running()) {
+stream_state::stream_state(socket s, std::size_t lim) : sock(std::move(s)), limit(lim), loop_(&loop_core::running()) {
     if (limit == 0) throw std::invalid_argument("ringio: stream limit must be positive");
     send_req().prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
         stream_state* st = of(static_cast<stream_send_request*>(r));
@@ -29,9 +29,9 @@ stream_state::stream_state(socket s, std::size_t lim) : sock(std::move(s)), limi
             io_uring_prep_nop(sqe);
         } else if (!st->sending_.empty()) {
             st->kind_ = send_kind::send;
-            io_uring_prep_send(sqe, fd, st->sending_.data() + st->send_off_, st->sending_.size() - st->send_off_,
-                               MSG_NOSIGNAL);
-        } else if (st->eof_requested_ && !st->eof_sent_) {
+            io_uring_prep_send(sqe, fd, st->sending_.data() + st->send_off_,
+                               io_length(st->sending_.size() - st->send_off_), MSG_NOSIGNAL);
+        } else if (st->fin_ == fin::requested) {
             st->kind_ = send_kind::shutdown;
             io_uring_prep_shutdown(sqe, fd, SHUT_WR);
         } else {
@@ -60,6 +60,7 @@ stream_state::stream_state(socket s, std::size_t lim) : sock(std::move(s)), limi
         };
     }
     socket_state* ss = sock.state_ptr();
+    ss->loop = loop_;
     ss->idle_hook = &stream_state::on_socket_idle;
     ss->idle_ctx = this;
     // Recorded now: after a reset or a close, getpeername can no longer tell, and error
@@ -87,9 +88,15 @@ stream_state::~stream_state() {
 void stream_state::release() noexcept {
     if (--refs_ != 0) return;
     // Both halves are gone. An abandoned connection is flushed and closed, never leaked; the
-    // state lives on while that happens (the send holds its own reference).
-    if (!closing) close();
-    if (closed && !send_queued_ && sock.in_flight() == 0) delete this;
+    // state lives on while that happens (the send holds its own reference). TRICKY: the
+    // reference taken around close() keeps a completion that close() runs at once (a receive
+    // not yet submitted) from freeing this under it through the idle hook.
+    if (phase_ == phase::open) {
+        ++refs_;
+        close();
+        --refs_;
+    }
+    if (phase_ == phase::closed && !send_queued_ && sock.in_flight() == 0) delete this;
 }
 
 endpoint stream_state::peer() const noexcept {
@@ -119,15 +126,15 @@ void stream_state::begin_read() {
 
 
 void stream_state::close() {
-    if (closing) return;
-    closing = true;
+    if (phase_ != phase::open) return;
+    phase_ = phase::closing;
+    stop_receiving();  // a pending read ends at once: with what had arrived, else EOF
     maybe_finish_close();
 }
 
 void stream_state::abort() {
-    if (closed) return;
+    if (phase_ == phase::closed) return;
     aborted_ = true;
-    closing = true;
     pending_.clear();
     if (sock.valid()) {
         try {
@@ -135,33 +142,31 @@ void stream_state::abort() {
         } catch (const std::system_error&) {
         }
     }
+    if (phase_ == phase::open) {
+        phase_ = phase::closing;
+        stop_receiving();
+    }
     maybe_finish_close();
 }
 
 void stream_state::maybe_finish_close() noexcept {
-    if (!closing || closed) return;
-    socket_state* ss = sock.state_ptr();
+    if (phase_ != phase::closing) return;
     if (send_queued_ && !aborted_) return;  // still flushing; on_sent() calls again
-    if (recv_req().linked()) {
-        // TRICKY: a receive armed this pass still waits in the loop's queue; a cancel sent to
-        // the kernel now would go first and miss it. Take it back instead (its begin() too,
-        // without the idle hook: the close is being finished right here).
-        intrusive_list<io_request>::erase(&recv_req());
-        armed_ = false;
-        --ss->inflight;
-    }
+    socket_state* ss = sock.state_ptr();
     if (ss->inflight > 0) {
-        ss->cancel_all();  // a pending read ends as EOF; the idle hook finishes the close
+        ss->cancel_all();  // the idle hook finishes the close
         return;
     }
     finish_close();
 }
 
 void stream_state::finish_close() noexcept {
-    closed = true;
+    phase_ = phase::closed;
     if (bufs_) {
         buffer_ring::cancel_wait(&buffers_back());
-        spill_all();  // what arrived before the close stays readable
+        // What arrived stays readable, in the stream's own memory: a closed stream may be kept
+        // for long, and must not keep ring buffers other connections need.
+        spill_all();
         wake_reader();
     }
     ::close(sock.release());
@@ -171,8 +176,8 @@ void stream_state::finish_close() noexcept {
 
 void stream_state::on_socket_idle(void* self) noexcept {
     auto* st = static_cast<stream_state*>(self);
-    if (st->closing && !st->closed) st->maybe_finish_close();
-    if (st->closed && st->refs_ == 0 && !st->send_queued_) delete st;
+    st->maybe_finish_close();
+    if (st->phase_ == phase::closed && st->refs_ == 0 && !st->send_queued_) delete st;
 }
 
 task<> stream_state::wait_closed() {

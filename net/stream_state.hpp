@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "ringio/detail/buffer_ring.hpp"
+#include "ringio/detail/suspension.hpp"
 #include "ringio/event.hpp"
 #include "ringio/stream.hpp"
 
@@ -90,14 +91,15 @@ private:
     std::size_t end_ = 0;
 };
 
-// The receive, send and buffer-wait requests are bases rather than members, so a completion
-// finds its stream with a static_cast instead of a back pointer in each (24 bytes in every
-// connection; see the layout note below).
+// The receive, send and buffer-wait requests and the reader's wait are bases rather than
+// members, so a completion finds its stream with a static_cast instead of a back pointer in
+// each (every connection pays for every byte; see the layout note below).
 struct stream_recv_request : io_request {};
 struct stream_send_request : io_request {};
 struct stream_buffers_back : buffer_waiter {};
+struct stream_reader_wait : suspension {};
 
-class stream_state : stream_recv_request, stream_send_request, stream_buffers_back {
+class stream_state : stream_recv_request, stream_send_request, stream_buffers_back, stream_reader_wait {
 public:
     stream_state(socket s, std::size_t limit);
     stream_state(const stream_state&) = delete;
@@ -115,13 +117,13 @@ public:
     /// queued (true), or EOF (false); throws the receive error. With `spill` the received
     /// buffers move into rbuf (what fill() does). An awaitable, not a coroutine.
     struct arrival;
-    arrival received(std::size_t had, bool spill) noexcept;
-    /// After received(): up to n bytes from rbuf, else from the received buffers (one copy).
+    arrival arrived(std::size_t had, bool spill) noexcept;
+    /// After arrived(): up to n bytes from rbuf, else from the received buffers (one copy).
     std::string take(std::size_t n);
     std::size_t take_into(std::span<std::byte> buf) noexcept;
-    /// Bytes received into the shared buffer ring and not yet read (they follow rbuf).
-    [[nodiscard]] std::size_t received() const noexcept {
-        std::size_t n = 0;
+    /// Bytes buffered and not yet read: rbuf, then the ring's buffers received for this stream.
+    [[nodiscard]] std::size_t buffered() const noexcept {
+        std::size_t n = rbuf.size();
         for (unsigned i = 0; i < chunk_count_; ++i) {
             const chunk& c = chunks_[(chunk_head_ + i) % max_chunks];
             n += c.len - c.off;
@@ -132,6 +134,8 @@ public:
     task<std::string> read_until(std::string_view sep);
     void begin_read();
     void end_read() noexcept { reading_ = false; }
+    /// EOF was returned to a reader and nothing is buffered.
+    [[nodiscard]] bool at_eof() const noexcept { return eof_ && buffered() == 0; }
 
     // ---- writing ----
     void write(std::span<const std::byte> data);
@@ -141,6 +145,13 @@ public:
     void abort();
     task<> wait_closed();
     [[nodiscard]] std::size_t write_buffered() const noexcept { return pending_.size() + sending_.size() - send_off_; }
+
+    // ---- the stream's life ----
+    /// open -> closing (close() or abort(): reading stops at once, writing flushes unless
+    /// aborted) -> closed (the fd is closed, every operation on it has completed).
+    enum class phase : std::uint8_t { open, closing, closed };
+    [[nodiscard]] bool is_closing() const noexcept { return phase_ != phase::open; }
+    [[nodiscard]] bool is_closed() const noexcept { return phase_ == phase::closed; }
 
     [[nodiscard]] endpoint peer() const noexcept;
     /// Puts bytes a cancelled read had taken back in front of the buffer.
@@ -155,9 +166,6 @@ public:
     std::chrono::nanoseconds read_timeout = no_timeout;  // (an optional would take 8 bytes more)
     std::size_t high = 64 * 1024;
     std::size_t low = 16 * 1024;
-    bool eof = false;
-    bool closing = false;
-    bool closed = false;
 
 private:
     ~stream_state();
@@ -173,9 +181,13 @@ private:
     io_request& recv_req() noexcept { return static_cast<stream_recv_request&>(*this); }
     io_request& send_req() noexcept { return static_cast<stream_send_request&>(*this); }
     buffer_waiter& buffers_back() noexcept { return static_cast<stream_buffers_back&>(*this); }
+    suspension& reader_wait() noexcept { return static_cast<stream_reader_wait&>(*this); }
     static stream_state* of(stream_recv_request* r) noexcept { return static_cast<stream_state*>(r); }
     static stream_state* of(stream_send_request* r) noexcept { return static_cast<stream_state*>(r); }
     static stream_state* of(stream_buffers_back* w) noexcept { return static_cast<stream_state*>(w); }
+    static stream_state* of(suspension* w) noexcept {
+        return static_cast<stream_state*>(static_cast<stream_reader_wait*>(w));
+    }
     void arm_recv();
     void on_recv(int res, std::uint32_t flags) noexcept;
     void push_chunk(std::uint16_t bid, std::uint32_t len) noexcept;
@@ -183,9 +195,17 @@ private:
     void spill_all() noexcept;
     std::size_t copy_received(std::span<std::byte> out) noexcept;
     void wake_reader() noexcept;
-    [[nodiscard]] bool recv_done() const noexcept { return eof_received_ || recv_error_ != 0 || closing; }
+    /// A reader is suspended in arrived() (not yet woken).
+    [[nodiscard]] bool reader_waiting() const noexcept {
+        return static_cast<const stream_reader_wait&>(*this).current_state() == suspension::state::waiting;
+    }
+    /// No more data will be received: EOF or an error came, or the stream is closing.
+    [[nodiscard]] bool recv_done() const noexcept { return eof_received_ || recv_error_ != 0 || phase_ != phase::open; }
+    void stop_receiving() noexcept;
 
     enum class send_kind : std::uint8_t { send, shutdown, nop };
+    /// write_eof()'s progress: FIN not asked for, asked for (after the buffered data), sent.
+    enum class fin : std::uint8_t { none, requested, sent };
     void queue_send();
     void on_sent(int res) noexcept;
     void wake_drainer() noexcept;
@@ -193,21 +213,20 @@ private:
     void finish_close() noexcept;
     static void on_socket_idle(void* self) noexcept;
 
-    // Layout: every idle connection pays for every byte here, so the one-byte flags sit
-    // together after the public ones, and the four-byte fields in pairs (no padding holes).
+    // Layout: every idle connection pays for every byte here, so the one-byte fields sit
+    // together, and the four-byte fields in pairs (no padding holes).
     std::uint8_t chunk_head_ = 0;
     std::uint8_t chunk_count_ = 0;
-    bool armed_ = false;
-    bool eof_received_ = false;
-    bool reader_woken_ = false;
-    bool reading_ = false;
-    send_kind kind_ = send_kind::nop;
-    bool send_queued_ = false;  // queued or in flight (holds a reference)
-    bool eof_requested_ = false;
-    bool eof_sent_ = false;
-    bool aborted_ = false;
-    bool read_cancelled_ = false;    // the waiting read was cancelled (see arrival)
+    phase phase_ = phase::open;
+    bool armed_ = false;         // the receive is queued or in the kernel
+    bool eof_received_ = false;  // the kernel reported the peer's FIN
+    bool eof_ = false;           // a reader was given EOF
+    bool reading_ = false;       // a read call is in progress (one at a time)
     bool spill_on_arrival_ = false;  // the waiting read wants the received buffers in rbuf
+    send_kind kind_ = send_kind::nop;  // of the send in flight
+    bool send_queued_ = false;   // the send request is queued or in flight (holds a reference)
+    fin fin_ = fin::none;
+    bool aborted_ = false;
 
     std::shared_ptr<buffer_ring> bufs_;  // null: one receive per read, into rbuf or the caller's memory
     std::array<chunk, max_chunks> chunks_{};
@@ -215,16 +234,14 @@ private:
     int recv_error_ = 0;
     std::uint32_t refs_ = 0;
     int write_errno_ = 0;  // a send failed: every later write()/drain() throws it
-    std::coroutine_handle<> reader_;
-    task_base* reader_task_ = nullptr;
-    event_loop* loop_;
+    loop_core* loop_;
+    io_request* direct_recv_ = nullptr;  // without the ring: the receive in flight, for close()
 
     std::vector<std::byte> sending_;  // owned by the kernel while a send is in flight
     std::vector<std::byte> pending_;  // appended to by write()
     std::size_t send_off_ = 0;
 
-    std::coroutine_handle<> drainer_;
-    task_base* drain_task_ = nullptr;
+    suspension* drainer_ = nullptr;  // the task waiting in drain()
     event closed_event_;
 
     // The peer's address, recorded at creation. An IP address (or an unnamed Unix peer) fits
@@ -242,9 +259,13 @@ private:
 // What a read awaits on the buffer ring path. Not a coroutine, so a reader waiting on an idle
 // connection costs no frame of its own. Wake-ups come only with data, EOF, an error, the
 // close or a cancellation, so one suspension settles it. It lives in the reading coroutine's
-// frame for as long as the connection waits, so its flags live in the stream (one reader at a
-// time) and it is three words.
-struct stream_state::arrival : suspend_point {
+// frame for as long as the connection waits, so the suspension it uses is the stream's own
+// (one reader at a time) and it is three words.
+//
+// Cancel safety: an interrupt point. The receive stays armed; what it brings goes into the
+// stream's own buffer for the next read (nothing lost, no ring buffer pinned by a reader that
+// left).
+struct stream_state::arrival {
     stream_state* st;
     std::size_t had;  // rbuf bytes already there: wait for more than these
 
@@ -253,33 +274,29 @@ struct stream_state::arrival : suspend_point {
     }
     bool await_ready() const noexcept { return ready(); }
     bool await_suspend(std::coroutine_handle<> h) {
-        task_base* t = st->loop_->current_task();
-        if (t->take_cancel()) {
-            st->read_cancelled_ = true;
-            return false;
-        }
-        st->reader_ = h;
-        st->reader_task_ = t;
-        on_cancel = [](suspend_point* sp) noexcept {
-            stream_state* s = static_cast<arrival*>(sp)->st;
-            s->read_cancelled_ = true;
-            buffer_ring::cancel_wait(&s->buffers_back());
-            s->wake_reader();  // the receive stays armed: what arrives waits in rbuf
-        };
-        t->suspended_at = this;
+        suspension& w = st->reader_wait();
+        if (!w.begin(h)) return false;
         if (!st->buffers_back().linked()) st->arm_recv();
+        w.arm([](suspension* sp) noexcept {
+            stream_state* s = of(sp);
+            buffer_ring::cancel_wait(&s->buffers_back());
+            sp->wake(true);  // the receive stays armed: what arrives goes to rbuf
+        });
         return true;
     }
     bool await_resume() {
-        st->reader_woken_ = false;
-        if (std::exchange(st->read_cancelled_, false)) {
-            st->loop_->current_task()->take_cancel();
-            throw cancelled_error();
+        try {
+            st->reader_wait().resume();
+        } catch (...) {
+            // Cancelled: what arrived meanwhile moves to rbuf, so that no ring buffer stays
+            // taken until this stream reads again (other connections need them).
+            st->spill_all();
+            throw;
         }
         if (st->spill_on_arrival_) st->spill_all();
         if (st->rbuf.size() > had || st->chunk_count_ > 0) return true;
         if (st->recv_error_ != 0) throw st->io_error(st->recv_error_, "read from");
-        st->eof = true;  // EOF, or the stream was closed
+        st->eof_ = true;  // EOF, or the stream was closed
         return false;
     }
 };

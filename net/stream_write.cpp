@@ -82,14 +82,13 @@ void stream_state::queue_send() {
     send_queued_ = true;
     add_ref();
     sock.state_ptr()->begin();
-    sock.state_ptr()->loop = loop_;
     loop_->submit_later(&send_req());
 }
 
 void stream_state::write(std::span<const std::byte> data) {
     if (write_errno_ != 0) throw make_system_error(write_errno_, fmt::format("ringio: write to {}", peer()));
-    if (closing) throw invalid_state_error("ringio: write() after close()");
-    if (eof_requested_) throw invalid_state_error("ringio: write() after write_eof()");
+    if (phase_ != phase::open) throw invalid_state_error("ringio: write() after close()");
+    if (fin_ != fin::none) throw invalid_state_error("ringio: write() after write_eof()");
     if (data.empty()) return;
     spare_write_buffers.get(pending_);
     pending_.insert(pending_.end(), data.begin(), data.end());
@@ -100,14 +99,16 @@ void stream_state::on_sent(int res) noexcept {
     send_queued_ = false;
     if (res < 0) {
         if (kind_ == send_kind::shutdown) {
-            eof_sent_ = true;  // ENOTCONN and friends: the peer is gone; reads will say so
+            fin_ = fin::sent;  // ENOTCONN and friends: the peer is gone; reads will say so
         } else if (write_errno_ == 0) {
-            write_errno_ = res == -ECANCELED ? EPIPE : -res;
+            write_errno_ = res == -ECANCELED || res == -EINTR ? EPIPE : -res;
         }
     } else if (kind_ == send_kind::send) {
+        // A send of a non-empty buffer that took nothing would be asked again forever.
+        if (res == 0 && write_errno_ == 0) write_errno_ = EIO;
         send_off_ += static_cast<std::size_t>(res);
     } else if (kind_ == send_kind::shutdown) {
-        eof_sent_ = true;
+        fin_ = fin::sent;
     }
     if (write_errno_ != 0 || aborted_) {  // nothing more will be sent: drop the data
         pending_.clear();
@@ -127,7 +128,7 @@ void stream_state::on_sent(int res) noexcept {
         }
     }
     bool more = write_errno_ == 0 && !aborted_ &&
-                (send_off_ < sending_.size() || !pending_.empty() || (eof_requested_ && !eof_sent_));
+                (send_off_ < sending_.size() || !pending_.empty() || fin_ == fin::requested);
     socket_state* ss = sock.state_ptr();
     if (more) {
         send_queued_ = true;  // keeps the reference and the in-flight count
@@ -137,53 +138,43 @@ void stream_state::on_sent(int res) noexcept {
     }
     wake_drainer();
     ss->end();                          // may run the idle hook, which may finish a close
-    if (closing) maybe_finish_close();  // e.g. end a read still in flight
+    maybe_finish_close();               // if closing: the flush is done
     release();                          // queue_send()'s reference; may free this
 }
 
 void stream_state::wake_drainer() noexcept {
-    if (drainer_ && (write_buffered() <= low || write_errno_ != 0 || closed))
-        loop_->wake(drain_task_, std::exchange(drainer_, {}));
+    if (drainer_ && (write_buffered() <= low || write_errno_ != 0 || phase_ == phase::closed))
+        std::exchange(drainer_, nullptr)->wake();
 }
 
 task<> stream_state::drain() {
     if (write_errno_ != 0) throw make_system_error(write_errno_, fmt::format("ringio: drain to {}", peer()));
-    if (write_buffered() <= high || closed) co_return;
+    if (write_buffered() <= high || phase_ == phase::closed) co_return;
     if (drainer_) throw invalid_state_error("ringio: another task is already draining this stream");
-    struct awaiter : suspend_point {
+    // An interrupt point: a cancelled drain leaves at once; the data stays buffered and is sent.
+    struct awaiter : suspension {
         stream_state* st;
-        bool cancelled = false;
+        explicit awaiter(stream_state* s) noexcept : st(s) {}
         bool await_ready() const noexcept { return false; }
         bool await_suspend(std::coroutine_handle<> h) {
-            task_base* t = st->loop_->current_task();
-            if (t->take_cancel()) {
-                cancelled = true;
-                return false;
-            }
-            st->drainer_ = h;
-            st->drain_task_ = t;
-            on_cancel = [](suspend_point* sp) noexcept {
+            if (!begin(h)) return false;
+            st->drainer_ = this;
+            arm([](suspension* sp) noexcept {
                 auto* a = static_cast<awaiter*>(sp);
-                a->cancelled = true;
-                a->st->loop_->wake(a->st->drain_task_, std::exchange(a->st->drainer_, {}));
-            };
-            t->suspended_at = this;
+                a->st->drainer_ = nullptr;
+                a->wake(true);
+            });
             return true;
         }
-        void await_resume() {
-            if (cancelled) {
-                st->loop_->current_task()->take_cancel();
-                throw cancelled_error();
-            }
-        }
+        void await_resume() { resume(); }
     };
-    co_await awaiter{{}, this};
+    co_await awaiter(this);
     if (write_errno_ != 0) throw make_system_error(write_errno_, fmt::format("ringio: drain to {}", peer()));
 }
 
 void stream_state::write_eof() {
-    if (closing || eof_requested_) return;
-    eof_requested_ = true;
+    if (phase_ != phase::open || fin_ != fin::none) return;
+    fin_ = fin::requested;
     queue_send();
 }
 }  // namespace detail
@@ -222,9 +213,9 @@ void stream_writer::write_eof() { need(s_)->write_eof(); }
 void stream_writer::close() { need(s_)->close(); }
 void stream_writer::abort() { need(s_)->abort(); }
 task<> stream_writer::wait_closed() { return need(s_)->wait_closed(); }
-bool stream_writer::is_closing() const noexcept { return s_ && s_->closing; }
+bool stream_writer::is_closing() const noexcept { return s_ && s_->is_closing(); }
 endpoint stream_writer::peername() const { return need(s_)->peer(); }
 endpoint stream_writer::sockname() const { return need(s_)->local(); }
-socket& stream_writer::transport() const { return need(s_)->sock; }
+const socket& stream_writer::transport() const { return need(s_)->sock; }
 
 }  // namespace ringio

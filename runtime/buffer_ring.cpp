@@ -9,13 +9,21 @@
 
 namespace ringio::detail {
 
-buffer_ring::buffer_ring(event_loop& loop, unsigned count, std::size_t size, bool prefault)
-    : loop_(&loop), size_(size), count_(count), group_(loop.next_buffer_group()) {
+buffer_ring::buffer_ring(loop_core& loop, unsigned count, std::size_t size, bool prefault)
+    : loop_(&loop), size_(size), count_(count) {
     if (count == 0 || (count & (count - 1)) != 0 || count > 32768)
         throw std::invalid_argument("ringio: buffer ring size must be a power of two up to 32768");
+    // Everything that can fail before the group is registered, so that a failure leaks nothing.
+    data_ = std::make_unique_for_overwrite<std::byte[]>(count * size);
     ring_bytes_ = count * sizeof(io_uring_buf);
     void* mem = ::mmap(nullptr, ring_bytes_, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     if (mem == MAP_FAILED) throw make_system_error(errno, "ringio: mmap for a buffer ring");
+    try {
+        group_ = loop.acquire_buffer_group();
+    } catch (...) {
+        ::munmap(mem, ring_bytes_);
+        throw;
+    }
     ring_ = static_cast<io_uring_buf_ring*>(mem);
     io_uring_buf_reg reg{};
     reg.ring_addr = reinterpret_cast<std::uint64_t>(mem);
@@ -24,10 +32,10 @@ buffer_ring::buffer_ring(event_loop& loop, unsigned count, std::size_t size, boo
     int rc = io_uring_register_buf_ring(&loop.ring_->raw, &reg, 0);
     if (rc < 0) {
         ::munmap(mem, ring_bytes_);
+        loop.release_buffer_group(group_);
         throw make_system_error(-rc, "ringio: io_uring_register_buf_ring");
     }
     io_uring_buf_ring_init(ring_);
-    data_ = std::make_unique_for_overwrite<std::byte[]>(count * size);
     if (prefault) std::memset(data_.get(), 0, count * size);
     int mask = io_uring_buf_ring_mask(count);
     for (unsigned i = 0; i < count; ++i)
@@ -44,6 +52,7 @@ buffer_ring::~buffer_ring() {
 void buffer_ring::detach() noexcept {
     if (!loop_) return;
     io_uring_unregister_buf_ring(&loop_->ring_->raw, group_);
+    loop_->release_buffer_group(group_);
     loop_ = nullptr;
 }
 

@@ -13,18 +13,81 @@
 #include "ringio/log.hpp"
 
 namespace ringio {
+namespace detail {
 namespace {
-
-thread_local event_loop* tls_loop = nullptr;
 
 // user_data of operations whose completion needs no action (cancel requests).
 constexpr std::uint64_t ignored_udata = 0;
 
 }  // namespace
 
-event_loop::event_loop(loop_options options) {
-    if (tls_loop) throw invalid_state_error("ringio: this thread already has an event loop (run() cannot nest)");
-    ring_ = std::make_unique<detail::ring>(options, features_);
+// ---- the inbox ----
+
+inbox::inbox() {
+    fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (fd_ < 0) throw make_system_error(errno, "ringio: eventfd for the loop's wake-up");
+}
+
+inbox::~inbox() {
+    // Only internal items can be left (users' posts to a closed inbox are refused, and the loop
+    // runs what it accepted): replies that arrived after their loop was destroyed.
+    for (remote_item* item = head_.exchange(nullptr); item;) {
+        remote_item* next = item->next;
+        item->run(item, false);
+        item = next;
+    }
+    ::close(fd_);
+}
+
+bool inbox::post(remote_item* item, bool user) noexcept {
+    // TRICKY: once the item is published the loop may run it, finish and start destroying
+    // itself while this thread still has the eventfd write to do; the loop's destructor waits
+    // (quiesce) until no post is in progress. Checking `closed_` after announcing the post pairs
+    // with close(): either this post sees it, or close() waits for this post.
+    posting_.fetch_add(1, std::memory_order_seq_cst);
+    if (user && closed_.load(std::memory_order_seq_cst)) {
+        posting_.fetch_sub(1, std::memory_order_release);
+        return false;
+    }
+    remote_item* head = head_.load(std::memory_order_relaxed);
+    do {
+        item->next = head;
+    } while (!head_.compare_exchange_weak(head, item, std::memory_order_release, std::memory_order_relaxed));
+    // Only the post that finds the inbox empty needs to wake the loop: later ones ride along.
+    if (head == nullptr) {
+        std::uint64_t one = 1;
+        [[maybe_unused]] auto n = ::write(fd_, &one, sizeof one);
+    }
+    posting_.fetch_sub(1, std::memory_order_release);
+    return true;
+}
+
+remote_item* inbox::take() noexcept {
+    remote_item* list = head_.exchange(nullptr, std::memory_order_acquire);
+    remote_item* fifo = nullptr;  // the inbox is a stack: reverse it to keep post order
+    while (list) {
+        remote_item* next = list->next;
+        list->next = fifo;
+        fifo = list;
+        list = next;
+    }
+    return fifo;
+}
+
+void inbox::close() noexcept {
+    closed_.store(true, std::memory_order_seq_cst);
+    quiesce();
+}
+
+void inbox::quiesce() const noexcept {
+    while (posting_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+}
+
+// ---- setup ----
+
+loop_core::loop_core(const loop_options& options) {
+    if (tls_core) throw invalid_state_error("ringio: this thread already has an event loop (run() cannot nest)");
+    ring_ = std::make_unique<ring>(options, features_);
     // Without NODROP a completion that finds the CQ full is lost: keep in-flight work to half
     // the CQ (the rest is headroom for cancel requests and multishot completions). With NODROP
     // the kernel keeps overflowed completions until the next io_uring_enter flushes them, so
@@ -37,53 +100,59 @@ event_loop::event_loop(loop_options options) {
         stream_buffer_count_ = options.stream_buffers;
         stream_buffer_size_ = options.stream_buffer_size;
     }
-    wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (wake_fd_ < 0) throw make_system_error(errno, "ringio: eventfd for the loop's wake-up");
+    ready_.reserve(256);
+    inbox_ = std::make_shared<inbox>();
     wake_req_.loop = this;
-    wake_req_.prep = [](detail::io_request* r, io_uring_sqe* sqe) noexcept {
-        event_loop* loop = static_cast<wake_request*>(r)->loop;
-        io_uring_prep_read(sqe, loop->wake_fd_, &loop->wake_buf_, sizeof loop->wake_buf_, 0);
+    wake_req_.prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
+        loop_core* loop = static_cast<wake_request*>(r)->loop;
+        io_uring_prep_read(sqe, loop->inbox_->fd(), &loop->wake_buf_, sizeof loop->wake_buf_, 0);
     };
-    wake_req_.complete = [](detail::io_request* r, int, std::uint32_t) noexcept {
-        event_loop* loop = static_cast<wake_request*>(r)->loop;
+    wake_req_.complete = [](io_request* r, int, std::uint32_t) noexcept {
+        loop_core* loop = static_cast<wake_request*>(r)->loop;
         loop->wake_armed_ = false;
         loop->inbox_ready_ = true;
     };
-    now_ = detail::clock::now();
-    tls_loop = this;
+    now_ = clock::now();
+    tls_core = this;
 }
 
-event_loop::~event_loop() {
-    // run_until_complete leaves nothing in flight; a loop that never ran may still have its
-    // wake-up read armed, so cancel it and wait for its completion before the ring goes away.
-    if (wake_armed_) {
-        stopping_ = true;
-        cancel_io(&wake_req_);
-        while (inflight_ > 0) wait_for_completions(true);
+void loop_core::close() noexcept {
+    // Users' posts are refused from here on; what was accepted runs, what is alive is cancelled
+    // and waited for (a loop that never ran, or ran and was posted to since, ends the same way).
+    inbox_->close();
+    try {
+        if (!idle() || wake_armed_) shutdown();
+    } catch (...) {
+        // The ring failed (io_uring_enter): what is still in flight cannot be waited for.
+        // Tearing the ring down makes the kernel finish it; the Tasks still alive are abandoned
+        // (their frames are leaked rather than freed under the kernel).
+        log(log_level::error, "event loop failed while shutting down: {}; {} task(s) abandoned",
+            describe(std::current_exception()), live_count_);
     }
-    while (posters_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
-    // Callbacks posted after the loop stopped are dropped (freed, not run).
-    for (auto* item = inbox_.exchange(nullptr); item;) {
-        auto* next = item->next;
-        item->run(item, false);
-        item = next;
-    }
+    // Internal posts may still be on their way (a worker's eventfd write after its result ran).
+    inbox_->quiesce();
+    drain_inbox();
+}
+
+loop_core::~loop_core() {
     // Streams that outlive the loop may still hold the ring: it stays valid memory for them.
     if (stream_buffers_) stream_buffers_->detach();
     stream_buffers_.reset();
     if (saved_sigmask_) pthread_sigmask(SIG_SETMASK, reinterpret_cast<sigset_t*>(saved_sigmask_.get()), nullptr);
-    ::close(wake_fd_);
     ring_.reset();
-    tls_loop = nullptr;
+    tls_core = nullptr;
 }
 
-event_loop* event_loop::current() noexcept { return tls_loop; }
+loop_core& loop_core::running() {
+    if (!tls_core) throw invalid_state_error("ringio: no event loop in this thread (call this inside ringio::run)");
+    return *tls_core;
+}
 
-const std::shared_ptr<detail::buffer_ring>& event_loop::stream_buffers() {
+const std::shared_ptr<buffer_ring>& loop_core::stream_buffers() {
     if (!stream_buffers_ && stream_buffer_count_ > 0) {
         unsigned count = std::exchange(stream_buffer_count_, 0);
         try {
-            stream_buffers_ = std::make_shared<detail::buffer_ring>(*this, count, stream_buffer_size_, true);
+            stream_buffers_ = std::make_shared<buffer_ring>(*this, count, stream_buffer_size_, true);
         } catch (const std::exception& e) {
             // Streams then receive into their own memory: slower and larger, but correct.
             log(log_level::warning, "stream receive buffers unavailable ({}); using one receive per read", e.what());
@@ -92,31 +161,45 @@ const std::shared_ptr<detail::buffer_ring>& event_loop::stream_buffers() {
     return stream_buffers_;
 }
 
-void detail::defer_resume(std::coroutine_handle<> h) noexcept { tls_loop->inline_next_ = h; }
-
-event_loop& event_loop::running() {
-    if (!tls_loop) throw invalid_state_error("ringio: no event loop in this thread (call this inside ringio::run)");
-    return *tls_loop;
+std::uint16_t loop_core::acquire_buffer_group() {
+    if (!free_bgids_.empty()) {
+        std::uint16_t id = free_bgids_.back();
+        free_bgids_.pop_back();
+        return id;
+    }
+    if (next_bgid_ > std::numeric_limits<std::uint16_t>::max())
+        throw make_system_error(ENOSPC, "ringio: all 65,536 buffer group ids of this loop are in use");
+    free_bgids_.reserve(next_bgid_ + 1);  // so that release_buffer_group never allocates
+    return static_cast<std::uint16_t>(next_bgid_++);
 }
 
-detail::task_base* event_loop::start_task(std::coroutine_handle<> body, detail::promise_base* promise) {
-    detail::task_base* t = detail::task_base::make(body, promise);  // destroys body if it throws
-    t->add_ref();
+void loop_core::release_buffer_group(std::uint16_t id) noexcept { free_bgids_.push_back(id); }
+
+void defer_resume(std::coroutine_handle<> h) noexcept { tls_core->inline_next_ = h; }
+
+task_base* loop_core::start_task(std::coroutine_handle<> body, promise_base* promise) {
+    task_base* t = task_base::make(body, promise);  // destroys body if it throws
     try {
-        wake(t, body);  // first: may grow the ready queue, which may throw
+        // Room for every live Task's entry, so that waking one never allocates.
+        ready_.reserve(live_count_ + 1);
     } catch (...) {
-        t->release();
-        t->release();  // the last: destroys the coroutine
+        t->release();  // the only reference: destroys the coroutine
         throw;
     }
+    t->add_ref();
+    schedule(t, body);
     live_.push_back(t);
     ++live_count_;
     return t;
 }
 
+void loop_core::fail(std::exception_ptr e) noexcept {
+    if (!failure_) failure_ = std::move(e);
+}
+
 // ---- submission ----
 
-io_uring_sqe* event_loop::get_sqe() {
+io_uring_sqe* loop_core::get_sqe() {
     io_uring* r = &ring_->raw;
     io_uring_sqe* sqe = io_uring_get_sqe(r);
     while (!sqe) {
@@ -130,14 +213,14 @@ io_uring_sqe* event_loop::get_sqe() {
     return sqe;
 }
 
-void event_loop::push_sqe(detail::io_request* r) {
+void loop_core::push_sqe(io_request* r) {
     io_uring_sqe* sqe = get_sqe();
     r->prep(r, sqe);
     io_uring_sqe_set_data(sqe, r);
     ++inflight_;
 }
 
-void event_loop::submit(detail::io_request* r) {
+void loop_core::submit(io_request* r) {
     // In-flight work stays below what the CQ holds; the rest waits in order.
     if (inflight_ >= max_inflight_ || !overflow_.empty()) {
         overflow_.push_back(r);
@@ -146,32 +229,40 @@ void event_loop::submit(detail::io_request* r) {
     push_sqe(r);
 }
 
-void event_loop::cancel_io(detail::io_request* r) {
+void loop_core::cancel_io(io_request* r) noexcept {
     if (r->linked()) {  // never reached the kernel
-        detail::intrusive_list<detail::io_request>::erase(r);
+        intrusive_list<io_request>::erase(r);
         r->complete(r, -ECANCELED, 0);
         return;
     }
-    io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_cancel(sqe, r, 0);
-    io_uring_sqe_set_data64(sqe, ignored_udata);
-    ++inflight_;
+    try {
+        io_uring_sqe* sqe = get_sqe();
+        io_uring_prep_cancel(sqe, r, 0);
+        io_uring_sqe_set_data64(sqe, ignored_udata);
+        ++inflight_;
+    } catch (...) {
+        fail(std::current_exception());
+    }
 }
 
-void event_loop::cancel_fd(int fd) {
-    io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
-    io_uring_sqe_set_data64(sqe, ignored_udata);
-    ++inflight_;
+void loop_core::cancel_fd(int fd) noexcept {
+    try {
+        io_uring_sqe* sqe = get_sqe();
+        io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
+        io_uring_sqe_set_data64(sqe, ignored_udata);
+        ++inflight_;
+    } catch (...) {
+        fail(std::current_exception());
+    }
 }
 
-void event_loop::flush_overflow() {
+void loop_core::flush_overflow() {
     while (inflight_ < max_inflight_ && !overflow_.empty()) push_sqe(overflow_.pop_front());
 }
 
 // ---- completion ----
 
-void event_loop::reap() noexcept {
+void loop_core::reap() noexcept {
     io_uring* r = &ring_->raw;
     unsigned head;
     unsigned count = 0;
@@ -182,20 +273,20 @@ void event_loop::reap() noexcept {
         if (udata == LIBURING_UDATA_TIMEOUT) continue;  // liburing's own wait timeout (no EXT_ARG)
         if (!(cqe->flags & IORING_CQE_F_MORE)) --inflight_;
         if (udata == ignored_udata) continue;
-        auto* req = reinterpret_cast<detail::io_request*>(static_cast<std::uintptr_t>(udata));
+        auto* req = reinterpret_cast<io_request*>(static_cast<std::uintptr_t>(udata));
         req->complete(req, cqe->res, cqe->flags);
     }
     io_uring_cq_advance(r, count);
 }
 
-bool event_loop::kernel_has_work() const noexcept {
+bool loop_core::kernel_has_work() const noexcept {
     io_uring* r = &ring_->raw;
     if (!features_.taskrun_flag || io_uring_sq_ready(r) > 0) return true;
     unsigned flags = IO_URING_READ_ONCE(*r->sq.kflags);
     return flags & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW);
 }
 
-void event_loop::wait_for_completions(bool block) {
+void loop_core::wait_for_completions(bool block) {
     io_uring* r = &ring_->raw;
     int rc = 0;
     if (!block) {
@@ -210,8 +301,8 @@ void event_loop::wait_for_completions(bool block) {
             rc = io_uring_submit_and_get_events(r);
         }
     } else if (!timers_.empty()) {
-        auto wait = timers_.top()->deadline - detail::clock::now();
-        if (wait <= detail::clock::duration::zero()) {
+        auto wait = timers_.top()->deadline - clock::now();
+        if (wait <= clock::duration::zero()) {
             if (kernel_has_work()) rc = io_uring_submit_and_get_events(r);
         } else {
             auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(wait).count();
@@ -232,77 +323,31 @@ void event_loop::wait_for_completions(bool block) {
 
 // ---- timers and the inbox ----
 
-void event_loop::fire_timers() noexcept {
+void loop_core::fire_timers() noexcept {
     while (!timers_.empty() && timers_.top()->deadline <= now_) {
-        detail::timer_node* n = timers_.pop();
+        timer_node* n = timers_.pop();
         n->fire(n);
     }
 }
 
-void event_loop::post(detail::remote_item* item) noexcept {
-    // TRICKY: once the item is published the loop may run it, finish and start destroying
-    // itself while this thread still has the eventfd write to do; the destructor waits for
-    // posters_ to drop to zero before closing the fd and freeing the loop.
-    posters_.fetch_add(1, std::memory_order_acquire);
-    detail::remote_item* head = inbox_.load(std::memory_order_relaxed);
-    do {
-        item->next = head;
-    } while (!inbox_.compare_exchange_weak(head, item, std::memory_order_release, std::memory_order_relaxed));
-    // Only the post that finds the inbox empty needs to wake the loop: later ones ride along.
-    if (head == nullptr) {
-        std::uint64_t one = 1;
-        [[maybe_unused]] auto n = ::write(wake_fd_, &one, sizeof one);
-    }
-    posters_.fetch_sub(1, std::memory_order_release);
-}
-
-void event_loop::drain_inbox() {
+void loop_core::drain_inbox() noexcept {
     inbox_ready_ = false;
-    detail::remote_item* list = inbox_.exchange(nullptr, std::memory_order_acquire);
-    detail::remote_item* fifo = nullptr;  // the inbox is a stack: reverse it to keep post order
-    while (list) {
-        detail::remote_item* next = list->next;
-        list->next = fifo;
-        fifo = list;
-        list = next;
-    }
-    while (fifo) {
-        detail::remote_item* next = fifo->next;
-        fifo->run(fifo, true);
-        fifo = next;
+    for (remote_item* item = inbox_->take(); item;) {
+        remote_item* next = item->next;
+        item->run(item, true);
+        item = next;
     }
 }
 
-void event_loop::arm_wakeup() {
+void loop_core::arm_wakeup() {
     if (wake_armed_ || stopping_) return;
     wake_armed_ = true;
     push_sqe(&wake_req_);  // bypasses the overflow queue: the loop must always hear other threads
 }
 
-namespace {
-struct callback_item : detail::remote_item {
-    std::function<void()> fn;
-};
-}  // namespace
-
-void event_loop::call_soon_threadsafe(std::function<void()> fn) {
-    auto* item = new callback_item;
-    item->fn = std::move(fn);
-    item->run = [](detail::remote_item* i, bool live) noexcept {
-        std::unique_ptr<callback_item> self(static_cast<callback_item*>(i));
-        if (!live) return;
-        try {
-            self->fn();
-        } catch (...) {
-            log(log_level::error, "exception in call_soon_threadsafe callback: {}", describe(std::current_exception()));
-        }
-    };
-    post(item);
-}
-
 // ---- passes ----
 
-void event_loop::run_ready() {
+void loop_core::run_ready() {
     // Only what was ready when the pass began: tasks that keep yielding cannot starve I/O.
     for (std::size_t n = ready_.size(); n > 0; --n) {
         ready_entry e = ready_.pop();
@@ -320,67 +365,100 @@ void event_loop::run_ready() {
     current_ = nullptr;
 }
 
-bool event_loop::finished() const noexcept { return root_ ? root_->done() : live_count_ == 0; }
+bool loop_core::finished() const noexcept { return root_ ? root_->done() : live_count_ == 0; }
 
-void event_loop::run_pass() {
+bool loop_core::idle() const noexcept {
+    return live_count_ == 0 && inflight_ == 0 && ready_.empty() && overflow_.empty() && !inbox_->has_items();
+}
+
+void loop_core::run_pass() {
+    if (failure_) std::rethrow_exception(std::exchange(failure_, nullptr));
     run_ready();
     if (inbox_ready_) drain_inbox();
     arm_wakeup();
     flush_overflow();  // including sends queued by this pass's writes
     // Block only when nothing is ready and the goal is not reached yet.
     wait_for_completions(ready_.empty() && !finished());
-    now_ = detail::clock::now();
+    now_ = clock::now();
     fire_timers();
 }
 
-void event_loop::run_until(detail::task_base* root) {
+void loop_core::run_until(task_base* root) {
+    running_ = true;
     root_ = root;
-    while (!root->done()) run_pass();
-    root_ = nullptr;
-    shutdown();
-}
-
-void event_loop::shutdown() {
-    // Cancel what is left (each task once, like asyncio.run), including tasks that the
-    // cancelled ones start while they unwind, and run until every one has finished.
-    while (live_count_ > 0) {
-        live_.for_each([](detail::task_base* t) {
-            if (!t->shutdown_cancelled) {
-                t->shutdown_cancelled = true;
-                t->cancel();
-            }
-        });
-        run_pass();
-    }
-    stopping_ = true;
-    if (wake_armed_) cancel_io(&wake_req_);
-    // Every task is done; what is still in flight or queued belongs to no one who will wait for
-    // it (a background flush to a peer that does not read, say). Cancel all of it, repeatedly
-    // if completions queue more, so that the loop can end.
-    bool cancel_any_pending = false;
-    struct flag_request : detail::io_request {
-        bool* flag;
-    } req;
-    req.flag = &cancel_any_pending;
-    req.prep = [](detail::io_request*, io_uring_sqe* sqe) noexcept {
-        io_uring_prep_cancel(sqe, nullptr, IORING_ASYNC_CANCEL_ANY);
-    };
-    req.complete = [](detail::io_request* r, int, std::uint32_t) noexcept { *static_cast<flag_request*>(r)->flag = false; };
-    while (inflight_ > 0 || !ready_.empty() || !overflow_.empty()) {
-        while (detail::io_request* r = overflow_.pop_front()) r->complete(r, -ECANCELED, 0);
-        if (inflight_ > 0 && !cancel_any_pending) {
-            cancel_any_pending = true;
-            push_sqe(&req);
+    try {
+        while (!root->done()) run_pass();
+    } catch (...) {
+        // The loop itself failed (the ring): still cancel what is left and wait for it, so that
+        // no frame is freed under the kernel, then report the failure.
+        root_ = nullptr;
+        try {
+            shutdown();
+        } catch (...) {
         }
-        run_ready();
-        while (detail::io_request* r = overflow_.pop_front()) r->complete(r, -ECANCELED, 0);
-        wait_for_completions(ready_.empty() && inflight_ > 0);
+        running_ = false;
+        throw;
     }
-    if (inbox_ready_ || inbox_.load()) drain_inbox();
-    stopping_ = false;
+    root_ = nullptr;
+    try {
+        shutdown();
+    } catch (...) {
+        running_ = false;
+        throw;
+    }
+    running_ = false;
 }
 
-void event_loop::block_signals(const void* set) {
+void loop_core::shutdown() {
+    // Like asyncio.run: cancel the Tasks that are left, each once (and Tasks started while the
+    // others unwind, on the next round), and run until all have finished. Work posted meanwhile
+    // runs too (it may start Tasks: round again), and every operation still in flight is
+    // cancelled and waited for, so that nothing the kernel may touch is freed.
+    struct flag_request : io_request {
+        bool* flag;
+    };
+    while (true) {
+        while (live_count_ > 0) {
+            live_.for_each([](task_base* t) {
+                if (!t->shutdown_cancelled) {
+                    t->shutdown_cancelled = true;
+                    t->cancel();
+                }
+            });
+            run_pass();
+        }
+        if (inbox_ready_ || inbox_->has_items()) {
+            drain_inbox();
+            if (live_count_ > 0) continue;
+        }
+        // Every task is done; what is still in flight or queued belongs to no one who will wait
+        // for it (a background flush to a peer that does not read, say). Cancel all of it,
+        // repeatedly if completions queue more, so that the loop can end.
+        stopping_ = true;
+        if (wake_armed_) cancel_io(&wake_req_);
+        bool cancel_any_pending = false;
+        flag_request req;
+        req.flag = &cancel_any_pending;
+        req.prep = [](io_request*, io_uring_sqe* sqe) noexcept { io_uring_prep_cancel(sqe, nullptr, IORING_ASYNC_CANCEL_ANY); };
+        req.complete = [](io_request* r, int, std::uint32_t) noexcept { *static_cast<flag_request*>(r)->flag = false; };
+        while (inflight_ > 0 || !ready_.empty() || !overflow_.empty()) {
+            while (io_request* r = overflow_.pop_front()) r->complete(r, -ECANCELED, 0);
+            if (inflight_ > 0 && !cancel_any_pending) {
+                cancel_any_pending = true;
+                push_sqe(&req);
+            }
+            run_ready();
+            while (io_request* r = overflow_.pop_front()) r->complete(r, -ECANCELED, 0);
+            wait_for_completions(ready_.empty() && inflight_ > 0);
+        }
+        stopping_ = false;
+        if (failure_) std::rethrow_exception(std::exchange(failure_, nullptr));
+        // A post that arrived meanwhile (the wake-up read is gone, so look at the inbox itself).
+        if (live_count_ == 0 && !inbox_->has_items()) break;
+    }
+}
+
+void loop_core::block_signals(const void* set) {
     auto* add = static_cast<const sigset_t*>(set);
     if (!saved_sigmask_) {
         saved_sigmask_ = std::make_unique<unsigned char[]>(sizeof(sigset_t));
@@ -389,5 +467,47 @@ void event_loop::block_signals(const void* set) {
         pthread_sigmask(SIG_BLOCK, add, nullptr);
     }
 }
+
+namespace {
+struct callback_item : remote_item {
+    std::function<void()> fn;
+};
+
+void post_callback(inbox& box, std::function<void()> fn) {
+    auto item = std::make_unique<callback_item>();
+    item->fn = std::move(fn);
+    item->run = [](remote_item* i, bool live) noexcept {
+        std::unique_ptr<callback_item> self(static_cast<callback_item*>(i));
+        if (!live) return;
+        try {
+            self->fn();
+        } catch (...) {
+            log(log_level::error, "exception in call_soon_threadsafe callback: {}", describe(std::current_exception()));
+        }
+    };
+    if (!box.post(item.get(), true))
+        throw invalid_state_error("ringio: call_soon_threadsafe: the event loop is closed");
+    (void)item.release();
+}
+}  // namespace
+
+}  // namespace detail
+
+// ---- the public faces ----
+
+event_loop::event_loop(loop_options options) : loop_core(options) {}
+
+event_loop::~event_loop() { close(); }
+
+void event_loop::call_soon_threadsafe(std::function<void()> fn) const { detail::post_callback(*inbox_, std::move(fn)); }
+
+loop_handle::loop_handle(event_loop& loop) noexcept : inbox_(loop.inbox_) {}
+
+void loop_handle::call_soon_threadsafe(std::function<void()> fn) const {
+    if (!inbox_) throw invalid_state_error("ringio: call_soon_threadsafe on an empty loop_handle");
+    detail::post_callback(*inbox_, std::move(fn));
+}
+
+bool loop_handle::closed() const noexcept { return !inbox_ || inbox_->closed(); }
 
 }  // namespace ringio

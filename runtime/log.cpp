@@ -24,9 +24,12 @@ log_handler set_log_handler(log_handler h) {
     return std::exchange(handler(), std::move(h));
 }
 
-void log(log_level level, std::string_view message) {
+void log(log_level level, std::string_view message) noexcept {
     std::lock_guard lock(handler_mutex);
-    if (auto& h = handler()) h(level, message);
+    try {
+        if (auto& h = handler()) h(level, message);
+    } catch (...) {
+    }
 }
 
 }  // namespace ringio

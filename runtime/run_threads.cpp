@@ -1,5 +1,6 @@
-// run_threads(): a group of event loops, one per thread, and the gate that keeps call_on()
-// from posting to a loop of the group that no longer runs.
+// run_threads(): a group of event loops, one per thread. A loop of the group closes (refuses
+// call_on and call_soon_threadsafe) once every fn has returned, so that no call can wait for a
+// loop that no longer runs.
 #include "ringio/run_threads.hpp"
 
 #include <pthread.h>
@@ -12,6 +13,7 @@
 #include <thread>
 
 #include "ringio/event.hpp"
+#include "ringio/log.hpp"
 
 namespace ringio {
 namespace detail {
@@ -20,9 +22,6 @@ struct group_state {
     struct slot {
         // Set before any fn runs (the start latch publishes it), then read-only.
         event_loop* loop = nullptr;
-        // The gate (see post_call): closed once the loop stops taking calls.
-        std::atomic<bool> closed{false};
-        std::atomic<std::uint32_t> posting{0};
         // The loop's own thread only.
         task_handle<> main;
         bool stop = false;  // cancel main as soon as it exists
@@ -47,7 +46,7 @@ struct group_state {
         for (std::size_t j = 0; j < n; ++j) {
             if (j == i) continue;
             slot* s = &slots[j];
-            s->loop->call_soon_threadsafe([s] {
+            post_to(s, [s] {
                 s->stop = true;
                 if (s->main.valid() && !s->main.done()) s->main.cancel();
             });
@@ -62,14 +61,18 @@ struct group_state {
             if (j == i)
                 s->all_done.set();
             else
-                s->loop->call_soon_threadsafe([s] { s->all_done.set(); });
+                post_to(s, [s] { s->all_done.set(); });
         }
     }
 
-    // The loop stops taking calls; a call_on() already inside post_call() gets in first.
-    static void close_gate(slot& s) noexcept {
-        s.closed.store(true, std::memory_order_seq_cst);
-        while (s.posting.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
+    // Posts to another loop of the group, which is still open: it closes only after every fn
+    // has returned, which needs this loop's finished_one(), after every post of this loop.
+    static void post_to(slot* s, std::function<void()> fn) noexcept {
+        try {
+            s->loop->call_soon_threadsafe(std::move(fn));
+        } catch (...) {
+            log(log_level::error, "run_threads: a loop of the group could not be told: {}", describe(std::current_exception()));
+        }
     }
 
     const std::size_t n;
@@ -99,13 +102,9 @@ task<> group_main(group_state& g, std::size_t i, const std::function<task<>(std:
     g.finished_one(i);
     // Until every fn has returned this loop goes on running its other tasks and serving calls.
     co_await s.all_done.wait();
-    group_state::close_gate(s);
-    // Answer the calls that got in before the gate closed: the inbox runs in posting order, so
-    // once this marker runs, they all have (calls returning a task<T> started a Task, which the
-    // loop's shutdown cancels if it is still running; its caller gets cancelled_error).
-    event flushed;
-    s.loop->call_soon_threadsafe([&flushed] { flushed.set(); });
-    co_await flushed.wait();
+    // From now on calls to this loop are refused; those that got in run in the loop's shutdown
+    // (a Task started for one is cancelled there, and its caller gets cancelled_error).
+    detail::loop_core::running().close_inbox();
 }
 
 std::vector<int> allowed_cpus() {
@@ -150,7 +149,7 @@ void run_one(group_state& g, std::size_t i, const thread_options& options, int c
             loop->run_until_complete(group_main(g, i, body));
         } catch (...) {
             // The loop itself failed (io_uring): let the others end rather than wait for it.
-            group_state::close_gate(g.slots[i]);
+            detail::loop_core::running().close_inbox();
             g.fail(i, std::current_exception());
             g.finished_one(i);
         }
@@ -206,31 +205,9 @@ void run_loop_threads(std::size_t n, const thread_options& options, const std::f
     if (g.first_error) std::rethrow_exception(g.first_error);
 }
 
-bool post_call(event_loop& target, remote_item* item) noexcept {
-    group_state::slot* s = tls_group ? tls_group->find(&target) : nullptr;
-    if (!s) {
-        target.post(item);
-        return true;
-    }
-    // Pairs with close_gate(): either this sees `closed`, or close_gate waits for this post.
-    s->posting.fetch_add(1, std::memory_order_seq_cst);
-    if (s->closed.load(std::memory_order_seq_cst)) {
-        s->posting.fetch_sub(1, std::memory_order_seq_cst);
-        return false;
-    }
-    target.post(item);
-    s->posting.fetch_sub(1, std::memory_order_seq_cst);
-    return true;
-}
-
-void call_base::send_reply() noexcept { caller_loop->post(static_cast<call_reply*>(this)); }
-
 void call_on_reply(remote_item* r, bool live) noexcept {
     auto* st = static_cast<call_base*>(static_cast<call_reply*>(r));
-    if (live && st->waiter) {
-        parking* w = std::exchange(st->waiter, nullptr);
-        w->unpark();
-    }
+    if (live && st->waiter) std::exchange(st->waiter, nullptr)->wake();
     st->release();  // the round trip's reference
 }
 

@@ -23,7 +23,7 @@ task<int> wait_signal(signal_set signals) {
     sigemptyset(&set);
     for (int s : signals.signals())
         if (sigaddset(&set, s) != 0) throw std::invalid_argument("ringio: wait_signal: invalid signal number");
-    event_loop& loop = event_loop::running();
+    detail::loop_core& loop = detail::loop_core::running();
     loop.block_signals(&set);
     int fd = ::signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
     if (fd < 0) throw make_system_error(errno, "ringio: signalfd for wait_signal");

@@ -1,5 +1,7 @@
 #include "ringio/detail/task_base.hpp"
 
+#include "ringio/detail/suspension.hpp"
+
 #include <new>
 
 #include "ringio/errors.hpp"
@@ -32,8 +34,12 @@ task_base* task_base::make(std::coroutine_handle<> body, promise_base* p) {
 }
 
 task_base::~task_base() {
-    if (status_ == status::failed && !retrieved_)
-        log(log_level::error, "task exception was never retrieved: {}", describe(promise_->exception));
+    if (status_ == status::failed && !retrieved_) {
+        try {
+            log(log_level::error, "task exception was never retrieved: {}", describe(promise_->exception));
+        } catch (...) {  // no memory to describe it: release() is noexcept
+        }
+    }
     if (body_) body_.destroy();
 }
 
@@ -46,7 +52,7 @@ void task_base::release() noexcept {
 bool task_base::cancel() noexcept {
     if (done() || cancel_requested_) return false;
     cancel_requested_ = true;
-    if (suspend_point* sp = suspended_at) sp->on_cancel(sp);
+    if (suspension* sp = suspended_at) sp->cancel();
     return true;
 }
 
@@ -55,7 +61,7 @@ void task_base::finish() noexcept {
     status_ = p.cancelled ? status::cancelled : p.exception ? status::failed : status::done;
     cancel_requested_ = false;
     intrusive_list<task_base>::erase(this);
-    event_loop::current()->task_finished();
+    loop_core::current()->task_finished();
     while (done_waiter* w = waiters_.pop_front()) w->notify(w, this);
     release();  // the loop's reference
 }

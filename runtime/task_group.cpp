@@ -1,89 +1,108 @@
 #include "ringio/task_group.hpp"
 
-#include <cstdio>
-#include <cstdlib>
+#include "ringio/detail/suspension.hpp"
 
 namespace ringio {
 
+namespace {
+template <class Child, class Link>
+Child* child_of(Link* l) noexcept {
+    return static_cast<Child*>(l);
+}
+}  // namespace
+
 task_group::~task_group() {
-    if (running_ != 0) {
-        std::fprintf(stderr, "ringio: task_group destroyed with %zu unfinished children; await wait() first\n",
-                     running_);
-        std::abort();
-    }
-    for (auto& c : children_) c->task->release();
+    // Children still running: cancel them and let them end on their own, without the group
+    // (nothing of it may be touched after this). Never abort: this happens in ordinary
+    // cancellation (the owner cancelled outside wait(), run() shutting down).
+    running_list_.for_each([](group_link* l) {
+        child* c = child_of<child>(l);
+        detail::task_base::remove_done_waiter(c);
+        c->task->cancel();
+        c->task->release();
+        delete c;
+    });
+    failed_.for_each([](group_link* l) { delete child_of<child>(l); });
 }
 
-void task_group::adopt(detail::task_base* t) {
-    auto c = std::make_unique<child>();
+void task_group::adopt(child* c, detail::task_base* t) noexcept {
     c->group = this;
     c->task = t;
-    c->notify = [](detail::done_waiter* w, detail::task_base*) noexcept {
+    c->notify = [](detail::done_waiter* w, detail::task_base* task) noexcept {
         auto* ch = static_cast<child*>(w);
-        ch->group->child_done(ch);
+        ch->group->child_done(ch, task);
     };
     t->add_ref();
-    t->add_done_waiter(c.get());
-    children_.push_back(std::move(c));
+    t->add_done_waiter(c);
+    running_list_.push_back(c);
     ++running_;
-    loop_ = event_loop::current();
 }
 
 void task_group::cancel() noexcept {
     aborting_ = true;
-    for (auto& c : children_) c->task->cancel();
+    running_list_.for_each([](group_link* l) { child_of<child>(l)->task->cancel(); });
 }
 
-void task_group::child_done(child* c) noexcept {
+// A join point: the waiter wakes when the last child has finished; its own cancellation
+// cancels the children (and still waits for them).
+struct task_group::wait_awaiter : detail::suspension {
+    task_group* g;
+    explicit wait_awaiter(task_group* grp) noexcept : g(grp) {}
+
+    bool await_ready() const noexcept { return g->running_ == 0; }
+    bool await_suspend(std::coroutine_handle<> h) {
+        if (g->waiter_) throw invalid_state_error("ringio: another task is already waiting on this task_group");
+        begin(h, detail::cancel_kind::join);
+        g->waiter_ = this;
+        arm([](detail::suspension* sp) noexcept { static_cast<wait_awaiter*>(sp)->g->cancel(); });
+        return true;
+    }
+    void await_resume() { resume(); }
+};
+
+void task_group::child_done(child* c, detail::task_base* t) noexcept {
+    // Allocates nothing (it runs as the child finishes, where nothing may fail): a failed
+    // child's record keeps its error, the others go.
+    detail::intrusive_list<group_link>::erase(c);
     --running_;
-    detail::task_base* t = c->task;
     t->mark_retrieved();  // the group reports it
     using status = detail::task_base::status;
     // Children the group cancelled are not failures; one cancelled from outside is.
     bool failure = t->state() == status::failed || (t->state() == status::cancelled && !aborting_);
+    if (failure) c->error = t->promise().exception;  // (copying an exception_ptr allocates nothing)
+    c->task = nullptr;
+    t->release();  // the child's frame goes now (unless a handle still refers to it)
     if (failure) {
-        errors_.push_back(t->promise().exception);
+        failed_.push_back(c);
         if (!aborting_) cancel();
+    } else {
+        delete c;
     }
-    if (running_ == 0 && waiter_) loop_->wake(waiter_task_, std::exchange(waiter_, {}));
+    if (running_ == 0 && waiter_) {
+        wait_awaiter* w = std::exchange(waiter_, nullptr);
+        w->wake(w->cancelling());
+    }
 }
 
-struct task_group::wait_awaiter : detail::suspend_point {
-    task_group* g;
-    bool cancelled = false;
-
-    bool await_ready() const noexcept { return g->running_ == 0; }
-    bool await_suspend(std::coroutine_handle<> h) {
-        event_loop& loop = event_loop::running();
-        g->loop_ = &loop;
-        g->waiter_task_ = loop.current_task();
-        g->waiter_ = h;
-        on_cancel = [](detail::suspend_point* sp) noexcept {
-            auto* a = static_cast<wait_awaiter*>(sp);
-            a->cancelled = true;
-            a->g->cancel();  // and keep waiting: no child may outlive the group's wait
-        };
-        if (g->waiter_task_->cancel_requested()) {
-            cancelled = true;
-            g->cancel();
-        } else {
-            g->waiter_task_->suspended_at = this;
-        }
-        return true;
-    }
-    void await_resume() const noexcept {}
-};
-
 task<> task_group::wait() {
-    wait_awaiter a{{}, this};
-    while (running_ > 0) {
-        co_await a;
+    bool cancelled = false;
+    while (running_ > 0 && !cancelled) {
+        try {
+            co_await wait_awaiter(this);
+        } catch (const cancelled_error&) {
+            cancelled = true;  // every child has ended: the group's errors come first
+        }
     }
-    if (!errors_.empty()) throw task_group_error(std::move(errors_));
-    if (a.cancelled) {
-        event_loop::running().current_task()->take_cancel();
-        throw cancelled_error();
+    if (!failed_.empty()) {
+        std::vector<std::exception_ptr> errors;
+        failed_.for_each([&errors](group_link* l) { errors.push_back(child_of<child>(l)->error); });
+        failed_.for_each([](group_link* l) {
+            detail::intrusive_list<group_link>::erase(l);
+            delete child_of<child>(l);
+        });
+        throw task_group_error(std::move(errors));
     }
+    if (cancelled) throw cancelled_error();
 }
 
 }  // namespace ringio

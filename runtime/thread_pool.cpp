@@ -29,6 +29,16 @@ public:
 
     void submit(pool_job* job) {
         std::unique_lock lock(m_);
+        // Each idle worker will take one job; start another thread only for jobs beyond that
+        // (else a busy worker picks the job up when it finishes its current one). First, so that
+        // a thread that cannot be started leaves no job behind that would outlive its awaiter.
+        if (queued_ + 1 > idle_ && threads_.size() < max_threads_) {
+            try {
+                start_thread();
+            } catch (...) {
+                if (threads_.empty()) throw;  // nobody would ever run it
+            }
+        }
         job->next = nullptr;
         if (tail_)
             tail_->next = job;
@@ -36,9 +46,6 @@ public:
             head_ = job;
         tail_ = job;
         ++queued_;
-        // Each idle worker will take one job; start another thread only for jobs beyond that
-        // (else a busy worker picks the job up when it finishes its current one).
-        if (queued_ > idle_ && threads_.size() < max_threads_) start_thread();
         lock.unlock();
         cv_.notify_one();
     }

@@ -95,4 +95,33 @@ inline ringio::task<std::string> read_to_eof(ringio::stream_reader& r) {
     co_return all;
 }
 
+/// One end of a connection: its reader and writer.
+struct conn {
+    ringio::stream_reader r;
+    ringio::stream_writer w;
+};
+
+/// Two ends of a TCP connection on 127.0.0.1, each wrapped in streams.
+inline ringio::task<std::pair<conn, conn>> tcp_pair(std::size_t limit_a = ringio::default_stream_limit,
+                                             std::size_t limit_b = ringio::default_stream_limit) {
+    auto lst = ringio::socket::create(AF_INET, SOCK_STREAM);
+    lst.bind(ringio::endpoint(ringio::ip_address::loopback_v4(), 0));
+    lst.listen(4);
+    auto cli = ringio::socket::create(AF_INET, SOCK_STREAM);
+    cli.set_nodelay(true);  // small pieces go out at once
+    co_await cli.connect(lst.local_endpoint());
+    auto [srv, peer] = co_await lst.accept();
+    srv.set_nodelay(true);
+    auto [ar, aw] = ringio::make_streams(std::move(cli), ringio::stream_options{limit_a});
+    auto [br, bw] = ringio::make_streams(std::move(srv), ringio::stream_options{limit_b});
+    co_return std::pair<conn, conn>{conn{std::move(ar), std::move(aw)}, conn{std::move(br), std::move(bw)}};
+}
+
+inline ringio::task<> close_both(conn& a, conn& b) {
+    a.w.close();
+    b.w.close();
+    co_await a.w.wait_closed();
+    co_await b.w.wait_closed();
+}
+
 }  // namespace test

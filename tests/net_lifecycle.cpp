@@ -25,7 +25,7 @@ TEST_CASE("an abandoned writer is flushed and closed, not leaked") {
         auto [r, w] = co_await ringio::open_connection("127.0.0.1", srv.port());
         std::string got;
         while (true) {
-            std::string chunk = co_await ringio::wait_for(r.read(), 10s);
+            std::string chunk = co_await ringio::wait_for(r.read(65536), 10s);
             if (chunk.empty()) break;
             got += chunk;
         }
@@ -57,7 +57,7 @@ TEST_CASE("run() returns even when a writer still holds data for a peer that nev
 TEST_CASE("reads after close() see EOF instead of spinning") {
     ringio::run([]() -> ringio::task<> {
         auto srv = co_await ringio::start_server(
-            [](ringio::stream_reader r, ringio::stream_writer) -> ringio::task<> { (void)co_await r.read(); }, "127.0.0.1", 0);
+            [](ringio::stream_reader r, ringio::stream_writer) -> ringio::task<> { (void)co_await r.read(65536); }, "127.0.0.1", 0);
         auto [r, w] = co_await ringio::open_connection("127.0.0.1", srv.port());
         w.close();  // nothing in flight: closed at once
         CHECK(co_await ringio::wait_for(r.read_line(), 1s) == "");

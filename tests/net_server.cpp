@@ -197,7 +197,7 @@ TEST_CASE("abort_clients() resets every connection") {
             [](ringio::stream_reader r, ringio::stream_writer w) -> ringio::task<> {
                 w.write("hello\n");
                 co_await w.drain();
-                (void)co_await r.read();
+                (void)co_await r.read(65536);
             },
             "127.0.0.1", 0);
         std::vector<streams> clients;
@@ -208,7 +208,7 @@ TEST_CASE("abort_clients() resets every connection") {
         srv.close();
         srv.abort_clients();
         for (auto& c : clients) {
-            auto e = co_await thrown<std::system_error>(c.first.read());
+            auto e = co_await thrown<std::system_error>(c.first.read(65536));
             REQUIRE(e);
             CHECK(e->code().value() == ECONNRESET);
         }
@@ -644,7 +644,7 @@ TEST_CASE("abort_clients() ends a handler blocked in drain()") {
         std::size_t got = 0;
         for (int i = 0; i < 100000 && !err; ++i) {
             try {
-                std::string chunk = co_await r.read();
+                std::string chunk = co_await r.read(65536);
                 if (chunk.empty()) break;
                 got += chunk.size();
             } catch (const std::system_error& e) {

@@ -37,6 +37,9 @@ using test::log_capture;
 using test::read_to_eof;
 using test::run_bounded;
 using test::thrown;
+using test::conn;
+using test::tcp_pair;
+using test::close_both;
 
 /// A deterministic, non-periodic byte pattern; byte i of a stream.
 char pattern_at(std::size_t i) { return static_cast<char>((i * 131 + (i >> 11) * 7 + 13) & 0xff); }
@@ -54,34 +57,6 @@ std::size_t mismatch(const std::string& got, std::size_t from = 0) {
 
 bool is_reset_or_pipe(const std::system_error& e) {
     return e.code().value() == ECONNRESET || e.code().value() == EPIPE;
-}
-
-struct conn {
-    ringio::stream_reader r;
-    ringio::stream_writer w;
-};
-
-/// Two ends of a TCP connection on 127.0.0.1, each wrapped in streams.
-ringio::task<std::pair<conn, conn>> tcp_pair(std::size_t limit_a = ringio::default_stream_limit,
-                                             std::size_t limit_b = ringio::default_stream_limit) {
-    auto lst = ringio::socket::create(AF_INET, SOCK_STREAM);
-    lst.bind(ringio::endpoint(ringio::ip_address::loopback_v4(), 0));
-    lst.listen(4);
-    auto cli = ringio::socket::create(AF_INET, SOCK_STREAM);
-    cli.set_nodelay(true);  // small pieces go out at once
-    co_await cli.connect(lst.local_endpoint());
-    auto [srv, peer] = co_await lst.accept();
-    srv.set_nodelay(true);
-    auto [ar, aw] = ringio::make_streams(std::move(cli), ringio::stream_options{limit_a});
-    auto [br, bw] = ringio::make_streams(std::move(srv), ringio::stream_options{limit_b});
-    co_return std::pair<conn, conn>{conn{std::move(ar), std::move(aw)}, conn{std::move(br), std::move(bw)}};
-}
-
-ringio::task<> close_both(conn& a, conn& b) {
-    a.w.close();
-    b.w.close();
-    co_await a.w.wait_closed();
-    co_await b.w.wait_closed();
 }
 
 ringio::task<> send_pattern(ringio::stream_writer& w, std::size_t n, std::size_t chunk) {
@@ -465,7 +440,7 @@ TEST_CASE("half-close: the client's write_eof reaches the server, which can stil
             [](ringio::stream_reader r, ringio::stream_writer w) -> ringio::task<> {
                 std::string all;
                 for (int i = 0; i < 1000; ++i) {
-                    std::string chunk = co_await r.read();
+                    std::string chunk = co_await r.read(65536);
                     if (chunk.empty()) break;
                     all += chunk;
                 }
@@ -515,7 +490,7 @@ TEST_CASE("half-close: the server's write_eof reaches the client, which can stil
 TEST_CASE("a peer reset during a read is std::system_error ECONNRESET") {
     run_bounded([]() -> ringio::task<> {
         auto [a, b] = co_await tcp_pair();
-        auto reader = ringio::create_task(thrown<std::system_error>(a.r.read()));
+        auto reader = ringio::create_task(thrown<std::system_error>(a.r.read(65536)));
         co_await ringio::yield_now();
         co_await ringio::yield_now();
         CHECK_FALSE(reader.done());
@@ -699,7 +674,7 @@ TEST_CASE("two concurrent readers: the second is invalid_state_error, the first 
         co_await ringio::yield_now();
         co_await ringio::yield_now();
         CHECK_FALSE(first.done());
-        CHECK(co_await thrown<ringio::invalid_state_error>(a.r.read()));
+        CHECK(co_await thrown<ringio::invalid_state_error>(a.r.read(65536)));
         CHECK(co_await thrown<ringio::invalid_state_error>(a.r.read_line()));
         CHECK(co_await thrown<ringio::invalid_state_error>(a.r.read_until("x")));
         CHECK(co_await thrown<ringio::invalid_state_error>(a.r.read_exactly(1)));
@@ -834,14 +809,14 @@ TEST_CASE("cancelling a read or a drain leaks no fd and loses no data") {
     run_bounded([]() -> ringio::task<> {
         {  // read
             auto [a, b] = co_await tcp_pair();
-            auto reader = ringio::create_task(a.r.read());
+            auto reader = ringio::create_task(a.r.read(65536));
             co_await ringio::yield_now();
             co_await ringio::yield_now();
             CHECK_FALSE(reader.done());
             reader.cancel();
             CHECK(co_await thrown<ringio::cancelled_error>(std::move(reader)));
             b.w.write("after");
-            CHECK(co_await a.r.read() == "after");  // the stream still works
+            CHECK(co_await a.r.read(65536) == "after");  // the stream still works
             co_await close_both(a, b);
         }
         {  // drain with a peer that does not read
@@ -920,7 +895,7 @@ TEST_CASE("a connection dropped mid-read with its loop leaks no fd") {
     run_bounded([]() -> ringio::task<> {
         auto [a, b] = co_await tcp_pair();
         // A read left pending when the streams go away: the socket is closed once it ends.
-        auto reader = ringio::create_task([](conn c) -> ringio::task<> { (void)co_await c.r.read(); }(std::move(a)));
+        auto reader = ringio::create_task([](conn c) -> ringio::task<> { (void)co_await c.r.read(65536); }(std::move(a)));
         co_await ringio::yield_now();
         co_await ringio::yield_now();
         reader.cancel();
@@ -1123,7 +1098,7 @@ TEST_CASE("the peer's address survives a reset and a close") {
             std::string where = "127.0.0.1:" + std::to_string(srv.port());
             auto [r, w] = co_await ringio::open_connection("127.0.0.1", srv.port());
             w.write("x");
-            auto e = co_await thrown<std::system_error>(r.read());
+            auto e = co_await thrown<std::system_error>(r.read(65536));
             REQUIRE(e);
             CHECK(e->code().value() == ECONNRESET);
             CHECK(std::string(e->what()).find(where) != std::string::npos);
@@ -1194,7 +1169,7 @@ TEST_CASE("abort() ends a pending local read and a blocked drain") {
         auto [a, b] = co_await tcp_pair();
         a.w.transport().set_send_buffer_size(16 * 1024);
         a.w.write(pattern(4u << 20));
-        auto reader = ringio::create_task(a.r.read());
+        auto reader = ringio::create_task(a.r.read(65536));
         auto drainer = ringio::create_task(thrown<std::system_error>(a.w.drain()));
         co_await ringio::yield_now();
         co_await ringio::yield_now();

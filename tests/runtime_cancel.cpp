@@ -391,3 +391,69 @@ TEST_CASE("io::close is not a cancellation point: the fd is closed even with a c
     }(fd));
     CHECK(test::open_fds() == fds);
 }
+
+TEST_CASE("co_await handle with a cancellation already pending cancels the awaited task and waits for it") {
+    ringio::run([]() -> ringio::task<> {
+        ringio::event go;
+        bool child_done_when_thrown = false, child_cancelled = false;
+        auto owner = ringio::create_task([](ringio::event& g, bool& done_seen, bool& cancelled) -> ringio::task<> {
+            int local = 0;  // the child writes here: it must be gone before this frame is
+            auto child = ringio::create_task([](int& l, bool& c) -> ringio::task<> {
+                try {
+                    co_await ringio::sleep(1h);
+                } catch (const ringio::cancelled_error&) {
+                    c = true;
+                    l = 1;
+                    throw;
+                }
+            }(local, cancelled));
+            co_await g.wait();  // granted, then cancelled before it runs: the cancellation is pending
+            try {
+                co_await child;
+            } catch (const ringio::cancelled_error&) {
+                done_seen = child.done();
+                throw;
+            }
+        }(go, child_done_when_thrown, child_cancelled));
+        co_await ringio::yield_now();
+        go.set();
+        owner.cancel();
+        CHECK_THROWS_AS(co_await owner, ringio::cancelled_error);
+        CHECK(child_cancelled);
+        CHECK(child_done_when_thrown);
+    }());
+    CHECK(counted::live == 0);
+}
+
+TEST_CASE("an operation cancelled in flight that the kernel answers with -EINTR counts as cancelled") {
+    // IORING_OP_NOP with IORING_NOP_INJECT_RESULT (Linux 6.10; liburing 2.3 has no name for it)
+    // completes with the result it is given: -EINTR stands for a cancel answered that way.
+    auto inject_eintr = [](io_uring_sqe* s) noexcept {
+        io_uring_prep_nop(s);
+        s->rw_flags = 1;  // IORING_NOP_INJECT_RESULT
+        s->len = static_cast<unsigned>(-EINTR);
+    };
+    ringio::run([](auto prep) -> ringio::task<> {
+        ringio::io_result probe = co_await ringio::io::make(prep);
+        if (probe.res != -EINTR) {
+            MESSAGE("this kernel cannot inject a NOP result; skipped");
+            co_return;
+        }
+        bool cancelled = false;
+        int res = 0;
+        auto t = ringio::create_task([](auto p, bool& c, int& r) -> ringio::task<> {
+            try {
+                ringio::io_result x = co_await ringio::io::make(p);
+                r = x.res;
+            } catch (const ringio::cancelled_error&) {
+                c = true;
+                throw;
+            }
+        }(prep, cancelled, res));
+        co_await ringio::yield_now();  // t has queued its NOP in this pass; the cancel follows it
+        t.cancel();
+        CHECK_THROWS_AS(co_await t, ringio::cancelled_error);
+        CHECK(cancelled);
+        CHECK(res == 0);
+    }(inject_eintr));
+}

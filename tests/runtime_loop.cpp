@@ -9,6 +9,8 @@
 #include <thread>
 #include <vector>
 #include <atomic>
+#include <latch>
+#include <optional>
 
 #include "../runtime/ring.hpp"
 #include "helpers.hpp"
@@ -224,4 +226,126 @@ TEST_CASE("the ring fd is registered unless asked not to") {
     ringio::loop_options opts;
     opts.register_ring_fd = false;
     CHECK_FALSE(ringio::event_loop(opts).features().registered_ring);
+}
+
+// ---- shutdown, re-entry and posting (hardening) ----
+
+TEST_CASE("run_until_complete from a task of the same loop throws: the loop is already running") {
+    ringio::event_loop loop;
+    bool threw = false;
+    loop.run_until_complete([](ringio::event_loop& l, bool& t) -> ringio::task<> {
+        try {
+            l.run_until_complete([]() -> ringio::task<> { co_return; }());
+        } catch (const ringio::invalid_state_error& e) {
+            t = std::string(e.what()).find("already running") != std::string::npos;
+        }
+        co_return;
+    }(loop, threw));
+    CHECK(threw);
+    CHECK(loop.live_tasks() == 0);
+}
+
+TEST_CASE("a task created by a callback that runs during the final shutdown is cancelled and freed") {
+    bool ran = false;
+    {
+        ringio::event_loop loop;
+        loop.run_until_complete([](ringio::event_loop& l, bool& r) -> ringio::task<> {
+            // Runs after this task has finished, while the loop shuts down.
+            l.call_soon_threadsafe([&r] {
+                (void)ringio::create_task([](bool& f) -> ringio::task<> {
+                    test::counted c;
+                    f = true;
+                    co_await ringio::sleep(1h);
+                }(r));
+            });
+            co_return;
+        }(loop, ran));
+        CHECK(loop.live_tasks() == 0);
+    }
+    CHECK_FALSE(ran);  // cancelled before its first step, as every task left at shutdown
+    CHECK(test::counted::live == 0);
+}
+
+TEST_CASE("a call_on returning a task that reaches a loop in its final shutdown is answered") {
+    ringio::event_loop target;
+    std::latch posted(1);
+    std::string outcome;
+    std::thread caller([&] {
+        ringio::run([](ringio::event_loop& t, std::latch& p, std::string& out) -> ringio::task<> {
+            auto call = [](ringio::event_loop& tl) -> ringio::task<int> {
+                auto fn = []() -> ringio::task<int> {
+                    co_await ringio::sleep(1h);
+                    co_return 1;
+                };
+                co_return co_await ringio::call_on(tl, fn);
+            };
+            auto h = ringio::create_task(call(t));
+            co_await ringio::yield_now();  // h has posted its request by now
+            p.count_down();
+            try {
+                co_await ringio::wait_for(h, 5s);
+                out = "value";
+            } catch (const ringio::cancelled_error&) {
+                out = "cancelled";
+            } catch (const ringio::invalid_state_error&) {
+                out = "refused";
+            } catch (const ringio::timeout_error&) {
+                out = "never answered";
+            }
+        }(target, posted, outcome));
+    });
+    target.run_until_complete([](std::latch& p) -> ringio::task<> {
+        p.wait();  // blocks this loop: the request is handled only after this task has finished
+        co_return;
+    }(posted));
+    caller.join();
+    CHECK(outcome == "cancelled");
+}
+
+TEST_CASE("a callback posted to a loop that has stopped runs before the loop is gone, never dropped") {
+    int ran = 0;
+    {
+        ringio::event_loop loop;
+        loop.run_until_complete([]() -> ringio::task<> { co_return; }());
+        std::thread([&] { loop.call_soon_threadsafe([&ran] { ++ran; }); }).join();
+    }
+    CHECK(ran == 1);
+}
+
+TEST_CASE("posting through a loop_handle to a closed or destroyed loop throws invalid_state_error") {
+    std::optional<ringio::loop_handle> h;
+    int ran = 0;
+    {
+        ringio::event_loop loop;
+        h.emplace(loop);
+        h->call_soon_threadsafe([&ran] { ++ran; });
+        loop.run_until_complete([]() -> ringio::task<> { co_return; }());
+        CHECK(ran == 1);
+        CHECK_FALSE(h->closed());
+    }
+    CHECK(h->closed());
+    CHECK_THROWS_AS(h->call_soon_threadsafe([&ran] { ++ran; }), ringio::invalid_state_error);
+    CHECK(ran == 1);
+}
+
+TEST_CASE("buffer-group ids are reused: 70,000 rings made and freed one after another all register") {
+    ringio::run([]() -> ringio::task<> {
+        if (!ringio::event_loop::running().features().buf_ring || !ringio::event_loop::running().features().recv_multishot) {
+            MESSAGE("no provided buffer rings here; skipped");
+            co_return;
+        }
+        ringio::datagram_options o;
+        o.ring_buffers = 1;
+        o.max_datagram = 16;
+        auto first = co_await ringio::create_datagram_endpoint(ringio::endpoint::parse("127.0.0.1:0"), std::nullopt, o);
+        REQUIRE(first.multishot());  // its group stays registered throughout
+        int fallbacks = 0;
+        for (int i = 0; i < 70'000; ++i) {
+            auto ep = co_await ringio::create_datagram_endpoint(ringio::endpoint::parse("127.0.0.1:0"), std::nullopt, o);
+            if (!ep.multishot()) ++fallbacks;
+            co_await ep.close();
+        }
+        CHECK(fallbacks == 0);
+        co_await first.close();
+    }());
 }

@@ -16,10 +16,14 @@
 #include <cerrno>
 #include <cstdlib>
 #include <new>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "helpers.hpp"
 #include "net_helpers.hpp"
+
+using namespace std::chrono_literals;
 
 namespace {
 // -1: allocations succeed; n >= 0: the allocation after n more fails (once).
@@ -145,5 +149,61 @@ TEST_CASE("start_server: a handler whose Task cannot be made fails that connecti
         co_await srv.wait_closed();
     }());
     CHECK(test::open_fds() == fds);
+    failures = 0;
+}
+
+TEST_CASE("waking many tasks from a completion allocates nothing: no std::terminate under memory pressure") {
+    // 600 sleepers armed 200 at a time (the ready queue never held more than that at once), all
+    // due at the same moment: the timer pass wakes all 600 from a noexcept path. An allocation
+    // failing there (the ready queue growing) used to reach std::terminate.
+    ringio::run([]() -> ringio::task<> {
+        int woken = 0;
+        ringio::event all;
+        auto due = ringio::clock::now() + 50ms;
+        std::vector<ringio::task_handle<>> hs;
+        hs.reserve(600);
+        for (int batch = 0; batch < 3; ++batch) {
+            for (int i = 0; i < 200; ++i)
+                hs.push_back(ringio::create_task([](ringio::clock::time_point d, int& n, ringio::event& e) -> ringio::task<> {
+                    co_await ringio::sleep_until(d);
+                    fail_after = -1;  // the failure was meant for the wake-ups, not for this
+                    if (++n == 600) e.set();
+                }(due, woken, all)));
+            co_await ringio::yield_now();  // this batch starts and parks in its sleep
+        }
+        fail_after = 0;  // the next allocation fails
+        co_await all.wait();
+        fail_after = -1;
+        CHECK(woken == 600);
+        CHECK(failures == 0);
+    }());
+    failures = 0;
+}
+
+TEST_CASE("a task_group records a failed child without allocating: no std::terminate under memory pressure") {
+    ringio::run([]() -> ringio::task<> {
+        ringio::task_group g;
+        g.create_task([]() -> ringio::task<> {
+            co_await ringio::yield_now();
+            std::runtime_error err("child failed");
+            fail_after = 0;  // the group's bookkeeping of this failure must not need memory
+            throw err;
+        }());
+        g.create_task([]() -> ringio::task<> {  // cancelled by the failure: disarms the injection
+            try {
+                co_await ringio::sleep(1h);
+            } catch (const ringio::cancelled_error&) {
+                fail_after = -1;
+                throw;
+            }
+        }());
+        try {
+            co_await g.wait();
+        } catch (const ringio::task_group_error& e) {
+            CHECK(e.exceptions().size() == 1);
+        }
+        fail_after = -1;
+        CHECK(failures == 0);
+    }());
     failures = 0;
 }

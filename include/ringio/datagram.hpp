@@ -98,8 +98,8 @@ public:
     [[nodiscard]] bool is_closing() const noexcept;
     /// Whether receives use the multishot buffer ring.
     [[nodiscard]] bool multishot() const noexcept;
-    /// The underlying socket, for options.
-    [[nodiscard]] socket& transport() const;
+    /// The underlying socket, for options (const: the endpoint keeps its ownership).
+    [[nodiscard]] const socket& transport() const;
 
 private:
     static std::span<const std::byte> as_bytes(std::string_view s) noexcept {

@@ -8,6 +8,7 @@
 
 #include <liburing.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <coroutine>
@@ -18,6 +19,7 @@
 #include <utility>
 
 #include "ringio/errors.hpp"
+#include "ringio/detail/suspension.hpp"
 #include "ringio/event_loop.hpp"
 
 namespace ringio {
@@ -35,6 +37,10 @@ struct io_result {
 };
 
 namespace detail {
+
+/// An SQE's length (32 bits) for a buffer of n bytes: at most 1 GiB, so that a 4 GiB buffer is
+/// never sent or read as 0 bytes and the kernel's INT_MAX limit is never hit.
+inline unsigned io_length(std::size_t n) noexcept { return static_cast<unsigned>(std::min<std::size_t>(n, std::size_t{1} << 30)); }
 
 /// Counts the operations in flight on one file descriptor, so that its owner closes it only
 /// after the last completion (no fd-number reuse race) and can wait for that moment.
@@ -54,9 +60,10 @@ struct op_tracker {
 /// Cancel safety: cancelling the task submits IORING_OP_ASYNC_CANCEL and the task resumes only
 /// after the operation's own completion. If the kernel finished the operation before the cancel
 /// took effect, its result is returned (no data is lost) and the cancellation stays pending
-/// for the task's next suspension point; otherwise cancelled_error is thrown.
+/// for the task's next suspension point; otherwise cancelled_error is thrown. A cancelled
+/// operation ends with -ECANCELED, or -EINTR when the kernel interrupted it in a worker thread.
 template <class Prep>
-class io_awaiter : io_request, suspend_point, parking {
+class io_awaiter : io_request, suspension {
 public:
     explicit io_awaiter(Prep fill, bool cancellable = true, op_tracker* tracker = nullptr) noexcept(
         std::is_nothrow_move_constructible_v<Prep>)
@@ -65,44 +72,37 @@ public:
     bool await_ready() const noexcept { return false; }
 
     bool await_suspend(std::coroutine_handle<> h) {
-        if (!park(h, cancellable_)) {
-            result_.res = -ECANCELED;
-            cancelled_ = true;
-            return false;
-        }
+        if (!begin(h, cancellable_ ? cancel_kind::interrupt : cancel_kind::none)) return false;
         io_request::prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
             static_cast<io_awaiter*>(r)->prep_fn_(sqe);
         };
         io_request::complete = [](io_request* r, int res, std::uint32_t flags) noexcept {
             auto* self = static_cast<io_awaiter*>(r);
             self->result_ = io_result{res, flags};
-            self->unpark();
-            if (self->tracker_) self->tracker_->end();
+            op_tracker* tracker = self->tracker_;
+            self->wake(self->cancelling() && (res == -ECANCELED || res == -EINTR));
+            if (tracker) tracker->end();  // last: may free what the tracker belongs to
         };
-        on_cancel = [](suspend_point* sp) noexcept {
-            auto* self = static_cast<io_awaiter*>(sp);
-            self->cancel_sent_ = true;
-            self->loop->cancel_io(self);
-        };
+        loop_core::running().submit(this);  // may throw (the ring failed): nothing started then
         if (tracker_) tracker_->begin();
-        loop->submit(this);
-        if (cancellable_) task->suspended_at = this;
+        if (cancellable_)
+            arm([](suspension* sp) noexcept { loop_core::current()->cancel_io(static_cast<io_awaiter*>(sp)); });
         return true;
     }
 
     io_result await_resume() {
-        if (cancelled_) throw cancelled_error();
-        if (result_.res == -ECANCELED && cancel_sent_ && task->take_cancel()) throw cancelled_error();
+        resume();
         return result_;
     }
+
+    /// The request, for the loop's cancel_io (a stream's close() ends its receive this way).
+    [[nodiscard]] io_request* request() noexcept { return this; }
 
 private:
     Prep prep_fn_;
     op_tracker* tracker_;
     io_result result_;
     bool cancellable_;
-    bool cancelled_ = false;
-    bool cancel_sent_ = false;
 };
 
 }  // namespace detail
@@ -123,17 +123,18 @@ template <class Prep>
     return make([](io_uring_sqe* s) noexcept { io_uring_prep_nop(s); });
 }
 
-/// read(2) at the file's position (offset -1), through the ring.
+/// read(2) at the file's position (offset -1), through the ring. Reads at most 1 GiB at once
+/// (an SQE's length is 32 bits): a larger buffer gets a short read, never a wrong length.
 [[nodiscard]] inline auto read(int fd, std::span<std::byte> buf) {
     return make([fd, buf](io_uring_sqe* s) noexcept {
-        io_uring_prep_read(s, fd, buf.data(), static_cast<unsigned>(buf.size()), static_cast<std::uint64_t>(-1));
+        io_uring_prep_read(s, fd, buf.data(), detail::io_length(buf.size()), static_cast<std::uint64_t>(-1));
     });
 }
 
-/// write(2) at the file's position; may write fewer bytes than given.
+/// write(2) at the file's position; may write fewer bytes than given (at most 1 GiB at once).
 [[nodiscard]] inline auto write(int fd, std::span<const std::byte> buf) {
     return make([fd, buf](io_uring_sqe* s) noexcept {
-        io_uring_prep_write(s, fd, buf.data(), static_cast<unsigned>(buf.size()), static_cast<std::uint64_t>(-1));
+        io_uring_prep_write(s, fd, buf.data(), detail::io_length(buf.size()), static_cast<std::uint64_t>(-1));
     });
 }
 

@@ -18,12 +18,17 @@ using log_handler = std::function<void(log_level, std::string_view)>;
 /// previous handler. Not meant to be called while loops on other threads are logging.
 log_handler set_log_handler(log_handler handler);
 
-/// Sends one line to the current handler.
-void log(log_level level, std::string_view message);
+/// Sends one line to the current handler. Never throws: logging runs on paths that must not
+/// fail (completions, destructors), so a handler that throws, or a line that cannot be
+/// formatted for lack of memory, is dropped.
+void log(log_level level, std::string_view message) noexcept;
 
 template <class... Args>
-void log(log_level level, fmt::format_string<Args...> format, Args&&... args) {
-    log(level, std::string_view(fmt::format(format, std::forward<Args>(args)...)));
+void log(log_level level, fmt::format_string<Args...> format, Args&&... args) noexcept {
+    try {
+        log(level, std::string_view(fmt::format(format, std::forward<Args>(args)...)));
+    } catch (...) {
+    }
 }
 
 }  // namespace ringio

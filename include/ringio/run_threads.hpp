@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "ringio/detail/suspension.hpp"
 #include "ringio/errors.hpp"
 #include "ringio/event_loop.hpp"
 #include "ringio/task.hpp"
@@ -68,9 +69,6 @@ namespace detail {
 /// Runs the group: `body(i)` on loop i. The non-template half of run_threads().
 void run_loop_threads(std::size_t n, const thread_options& options, const std::function<task<>(std::size_t)>& body);
 
-/// Posts a call to `target`. False (nothing posted) when `target` is a loop of the calling
-/// thread's group that has stopped taking calls (its group is shutting down).
-[[nodiscard]] bool post_call(event_loop& target, remote_item* item) noexcept;
 
 template <class R>
 struct unwrap_task {
@@ -93,25 +91,25 @@ task<> store_result(F& fn, std::size_t i, std::optional<T>& out) {
 struct call_request : remote_item {};
 struct call_reply : remote_item {};
 
-/// The state of one call_on(), shared by the caller and the target loop. Reference counted,
-/// but every count change happens on the caller's thread: the caller's awaiter holds one
-/// reference, the round trip (request, work on the target, reply) holds the other and drops it
-/// when the reply runs back on the caller's loop. So whichever side finishes last frees it, and
-/// the caller's frame is never touched after it is gone.
+/// The state of one call_on(), shared by the caller and the target loop: one reference for the
+/// caller's awaiter, one for the round trip (request, work on the target, reply), dropped when
+/// the reply has run on the caller's loop, or has been freed with the caller's inbox when that
+/// loop is gone. Whichever side finishes last frees it, so neither frame is touched after it is
+/// gone.
 struct call_base : call_request, call_reply {
-    event_loop* caller_loop = nullptr;
-    parking* waiter = nullptr;             // caller's thread only; null once the caller left
+    std::shared_ptr<inbox> caller;          // where the reply goes (valid even after that loop is gone)
+    suspension* waiter = nullptr;           // caller's thread only; null once the caller left
     std::atomic<bool> abandoned{false};     // the caller was cancelled: skip the work if not begun
     std::exception_ptr error;
     bool finished = false;                  // the work ran to its end (error or value set)
-    std::uint32_t refs = 1;                 // caller's thread only
+    std::atomic<std::uint32_t> refs{1};
     void (*destroy)(call_base*) noexcept = nullptr;
 
     void release() noexcept {
-        if (--refs == 0) destroy(this);
+        if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) destroy(this);
     }
     /// Sends the outcome back to the caller's loop (from the target's thread).
-    void send_reply() noexcept;
+    void send_reply() noexcept { caller->post(static_cast<call_reply*>(this), false); }
 };
 
 template <class T>
@@ -139,7 +137,7 @@ struct call_state : call_base, call_value<typename unwrap_task<std::invoke_resul
 
     // On the target's thread.
     void start(bool live) noexcept {
-        if (!live) {
+        if (!live) {  // (only if the target loop vanished without closing: never from ringio)
             error = std::make_exception_ptr(invalid_state_error("ringio: call_on: the target loop was destroyed"));
         } else if (abandoned.load(std::memory_order_relaxed)) {
             error = std::make_exception_ptr(cancelled_error());
@@ -196,13 +194,11 @@ struct call_state : call_base, call_value<typename unwrap_task<std::invoke_resul
 void call_on_reply(remote_item* r, bool live) noexcept;
 
 template <class F>
-class call_on_awaiter : suspend_point, parking {
+class call_on_awaiter : suspension {
     using state = call_state<F>;
 
 public:
-    call_on_awaiter(event_loop& target, F fn) : target_(target), fn_(std::move(fn)) {}
-    call_on_awaiter(const call_on_awaiter&) = delete;
-    call_on_awaiter& operator=(const call_on_awaiter&) = delete;
+    call_on_awaiter(loop_handle target, F fn) : target_(std::move(target)), fn_(std::move(fn)) {}
     ~call_on_awaiter() {
         if (st_) {
             if (st_->waiter == this) st_->waiter = nullptr;
@@ -212,46 +208,42 @@ public:
 
     bool await_ready() const noexcept { return false; }
     bool await_suspend(std::coroutine_handle<> h) {
-        if (!park(h)) {
-            cancelled_ = true;
-            return false;
-        }
+        if (!begin(h)) return false;
+        if (!target_.valid()) throw invalid_state_error("ringio: call_on: empty loop_handle");
         st_ = new state(std::move(fn_));
-        st_->caller_loop = loop;
+        st_->caller = loop_core::running().door();
         st_->waiter = this;
         st_->call_reply::run = &call_on_reply;
-        ++st_->refs;  // the round trip's
-        if (!post_call(target_, static_cast<call_request*>(st_))) {
-            --st_->refs;
+        st_->refs.fetch_add(1, std::memory_order_relaxed);  // the round trip's
+        if (!target_.door()->post(static_cast<call_request*>(st_), true)) {
+            st_->refs.fetch_sub(1, std::memory_order_relaxed);
             st_->waiter = nullptr;
             refused_ = true;
             return false;
         }
         // The caller leaves at once; the work goes on (or is skipped if it has not begun) and
         // its outcome is dropped when the reply arrives.
-        on_cancel = [](suspend_point* sp) noexcept {
+        arm([](suspension* sp) noexcept {
             auto* self = static_cast<call_on_awaiter*>(sp);
-            self->cancelled_ = true;
             self->st_->waiter = nullptr;
             self->st_->abandoned.store(true, std::memory_order_relaxed);
-            self->unpark();
-        };
-        task->suspended_at = this;
+            self->wake(true);
+        });
         return true;
     }
 
     typename state::value_type await_resume() {
-        if (cancelled_) throw cancelled_error();
-        if (refused_) throw invalid_state_error("ringio: call_on: the target loop has stopped taking calls");
+        resume();
+        if (refused_) throw invalid_state_error("ringio: call_on: the target loop is closed (it has stopped taking calls)");
         if (st_->error) std::rethrow_exception(st_->error);
         if constexpr (!std::is_void_v<typename state::value_type>) return std::move(*st_->value);
     }
 
 private:
-    event_loop& target_;
+    friend void call_on_reply(remote_item* r, bool live) noexcept;
+    loop_handle target_;
     F fn_;
     state* st_ = nullptr;
-    bool cancelled_ = false;
     bool refused_ = false;
 };
 
@@ -314,17 +306,18 @@ auto run_threads(std::size_t n, F fn, const thread_options& options = {}) {
 /// begun; if it has, it runs to its end on the target and its result is dropped. The shared
 /// state is freed by whichever side finishes last, so nothing dangles and nothing leaks.
 ///
-/// Lifetime: within a run_threads() group this is always safe: every loop takes calls until
-/// every fn has returned, and one that stops taking calls makes call_on throw
-/// invalid_state_error instead of posting. Between loops you start yourself, both loops must
-/// stay alive until the call is answered; a call that reaches a loop being destroyed is
-/// answered with invalid_state_error.
+/// Lifetime: always safe, through the loop_handle `target` converts to. A loop takes calls until
+/// it is closed (destroyed, or its run_threads group has ended: every loop of a group takes
+/// calls until every fn has returned); a call to a closed loop throws invalid_state_error
+/// instead of posting. A call that got in is always answered: by its result, or with
+/// cancelled_error when the target's shutdown cancels the Task it started. A reply whose caller
+/// loop is gone is freed.
 ///
 ///   auto& group = *ringio::loop_group::current();
 ///   std::size_t n = co_await ringio::call_on(group.loop(1), [] { return room.size(); });
 template <class F>
-[[nodiscard]] detail::call_on_awaiter<std::decay_t<F>> call_on(event_loop& target, F&& fn) {
-    return detail::call_on_awaiter<std::decay_t<F>>(target, std::forward<F>(fn));
+[[nodiscard]] detail::call_on_awaiter<std::decay_t<F>> call_on(loop_handle target, F&& fn) {
+    return detail::call_on_awaiter<std::decay_t<F>>(std::move(target), std::forward<F>(fn));
 }
 
 }  // namespace ringio

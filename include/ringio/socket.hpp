@@ -34,7 +34,7 @@ struct socket_state : op_tracker {
     bool orphaned = false;       // the owning socket is gone: close when idle
     bool closing = false;        // close() has begun: no new operation may start
     bool cancel_sent = false;
-    event_loop* loop = nullptr;  // where operations were last submitted
+    loop_core* loop = nullptr;  // where operations were last submitted
     struct closer;
     closer* closed_by = nullptr;  // the close() in progress (set with `closing`)
     void (*idle_hook)(void*) noexcept = nullptr;  // called last when inflight drops to 0; may free *this
@@ -78,18 +78,20 @@ public:
     [[nodiscard]] std::size_t in_flight() const noexcept { return st_ ? st_->inflight : 0; }
 
     // ---- options (throw std::system_error) ----
-    void set_reuse_address(bool on);
-    void set_reuse_port(bool on);
-    void set_nodelay(bool on);
-    void set_keepalive(bool on);
-    void set_recv_buffer_size(int bytes);
-    void set_send_buffer_size(int bytes);
+    // const: they change the kernel's socket, not this object (a stream's transport() is a
+    // const socket&: options yes, ownership no).
+    void set_reuse_address(bool on) const;
+    void set_reuse_port(bool on) const;
+    void set_nodelay(bool on) const;
+    void set_keepalive(bool on) const;
+    void set_recv_buffer_size(int bytes) const;
+    void set_send_buffer_size(int bytes) const;
     /// SO_LINGER: nullopt = off; 0s = close resets the connection (RST).
-    void set_linger(std::optional<std::chrono::seconds> timeout);
-    void set_v6only(bool on);
-    void set_broadcast(bool on);
+    void set_linger(std::optional<std::chrono::seconds> timeout) const;
+    void set_v6only(bool on) const;
+    void set_broadcast(bool on) const;
     template <class T>
-    void set_option(int level, int name, const T& value) {
+    void set_option(int level, int name, const T& value) const {
         set_option_raw(level, name, &value, sizeof value);
     }
     template <class T>
@@ -98,7 +100,7 @@ public:
         get_option_raw(level, name, &value, sizeof value);
         return value;
     }
-    void set_option_raw(int level, int name, const void* value, socklen_t size);
+    void set_option_raw(int level, int name, const void* value, socklen_t size) const;
     void get_option_raw(int level, int name, void* value, socklen_t size) const;
 
     // ---- setup (synchronous: they never block) ----
@@ -117,11 +119,12 @@ public:
     task<> connect(endpoint remote);
     /// Waits for a connection; returns it with the peer's address.
     task<std::pair<socket, endpoint>> accept();
-    /// Receives up to buf.size() bytes; 0 means the peer closed (EOF).
+    /// Receives up to buf.size() bytes (at most 1 GiB at once); 0 means the peer closed (EOF).
     task<std::size_t> recv(std::span<std::byte> buf, int flags = 0);
-    /// Sends every byte of buf (MSG_NOSIGNAL: a reset peer is an exception, never SIGPIPE).
+    /// Sends every byte of buf (MSG_NOSIGNAL: a reset peer is an exception, never SIGPIPE), in
+    /// sends of at most 1 GiB.
     task<> send(std::span<const std::byte> buf, int flags = 0);
-    /// One send(2) call; returns how many bytes the kernel took.
+    /// One send(2) call of at most 1 GiB; returns how many bytes the kernel took.
     task<std::size_t> send_some(std::span<const std::byte> buf, int flags = 0);
     /// recvmsg(2)/sendmsg(2); the msghdr and what it points to must outlive the call.
     task<std::size_t> recvmsg(msghdr& msg, int flags = 0);

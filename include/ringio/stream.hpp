@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <span>
 #include <stdexcept>
@@ -71,7 +72,13 @@ public:
     ~stream_reader();
 
     /// Up to n bytes (at least 1), or "" at EOF.
-    task<std::string> read(std::size_t n = default_stream_limit);
+    task<std::string> read(std::size_t n);
+    /// Everything until EOF (asyncio's read() with no size, or -1): read_all() without a limit.
+    task<std::string> read();
+    /// Everything until EOF, at most max_size bytes: past that, limit_overrun_error, and what
+    /// was read stays buffered (asyncio's read() has no such protection; a peer that never
+    /// stops sending would fill the memory). "" at EOF.
+    task<std::string> read_all(std::size_t max_size = std::numeric_limits<std::size_t>::max());
     /// Reads into buf: up to buf.size() bytes, 0 at EOF. With an empty internal buffer the
     /// kernel writes straight into buf (no copy).
     task<std::size_t> read_some(std::span<std::byte> buf);
@@ -138,8 +145,10 @@ public:
 
     [[nodiscard]] endpoint peername() const;
     [[nodiscard]] endpoint sockname() const;
-    /// The underlying socket, for options (nodelay, keepalive, ...).
-    [[nodiscard]] socket& transport() const;
+    /// The underlying socket, for options (nodelay, keepalive, ...) and addresses; const, so
+    /// that nothing can close, move or release the stream's own socket (close the stream with
+    /// close() or abort(), as asyncio's transport.close() and transport.abort() do).
+    [[nodiscard]] const socket& transport() const;
 
 private:
     friend struct detail::stream_access;

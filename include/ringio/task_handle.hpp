@@ -6,6 +6,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "ringio/detail/suspension.hpp"
 #include "ringio/errors.hpp"
 #include "ringio/event_loop.hpp"
 #include "ringio/task.hpp"
@@ -75,32 +76,29 @@ private:
         if (!t_->done()) throw invalid_state_error("ringio: task result is not set yet");
     }
 
+    // A join point: a cancellation of the awaiting task (also one already pending) is passed
+    // on to the awaited one, which is then waited for.
     template <bool Rvalue>
-    struct awaiter : detail::done_waiter, detail::suspend_point, detail::parking {
+    struct awaiter : detail::done_waiter, detail::suspension {
         detail::task_base* target;
 
         explicit awaiter(detail::task_base* t) noexcept : target(t) {}
 
         bool await_ready() const noexcept { return target->done(); }
         bool await_suspend(std::coroutine_handle<> caller) {
-            if (!park(caller)) {
-                pending_cancel = true;
-                return false;
-            }
-            notify = [](detail::done_waiter* w, detail::task_base*) noexcept { static_cast<awaiter*>(w)->unpark(); };
-            on_cancel = [](detail::suspend_point* sp) noexcept { static_cast<awaiter*>(sp)->target->cancel(); };
+            begin(caller, detail::cancel_kind::join);
+            notify = [](detail::done_waiter* w, detail::task_base* t) noexcept {
+                auto* self = static_cast<awaiter*>(w);
+                self->wake(t->state() == detail::task_base::status::cancelled);
+            };
             target->add_done_waiter(this);
-            task->suspended_at = this;
+            arm([](detail::suspension* sp) noexcept { static_cast<awaiter*>(sp)->target->cancel(); });
             return true;
         }
         decltype(auto) await_resume() {
-            if (pending_cancel) throw cancelled_error();
-            if (target->state() == detail::task_base::status::cancelled) {
-                if (task) task->take_cancel();
-                target->mark_retrieved();
-                throw cancelled_error();
-            }
             target->mark_retrieved();
+            resume();  // the target ended cancelled: throws, consuming the awaiter's cancellation
+            if (target->state() == detail::task_base::status::cancelled) raise_cancelled();  // never suspended
             auto& p = static_cast<promise_type&>(target->promise());
             if constexpr (std::is_void_v<T> || std::is_reference_v<T>) {
                 return p.get();
@@ -112,8 +110,6 @@ private:
                 return T(p.get());
             }
         }
-
-        bool pending_cancel = false;
     };
 
     detail::task_base* t_ = nullptr;
@@ -127,7 +123,7 @@ private:
 ///   auto body = co_await h;
 template <class T>
 task_handle<T> create_task(task<T> t) {
-    event_loop& loop = event_loop::running();
+    detail::loop_core& loop = detail::loop_core::running();
     if (!t.valid()) throw invalid_state_error("ringio: create_task of an empty task");
     auto h = t.release();
     return task_handle<T>(loop.start_task(h, &h.promise()));  // adopts the caller's reference

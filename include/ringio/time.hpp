@@ -4,6 +4,7 @@
 #include <chrono>
 #include <coroutine>
 
+#include "ringio/detail/suspension.hpp"
 #include "ringio/errors.hpp"
 #include "ringio/event_loop.hpp"
 
@@ -13,7 +14,7 @@ using clock = detail::clock;
 
 namespace detail {
 
-class sleep_awaiter : timer_node, suspend_point, parking {
+class sleep_awaiter : timer_node, suspension {
 public:
     explicit sleep_awaiter(clock::time_point when, bool yield) noexcept : yield_(yield) {
         timer_node::deadline = when;
@@ -21,39 +22,30 @@ public:
 
     bool await_ready() const noexcept { return false; }
     bool await_suspend(std::coroutine_handle<> h) {
-        if (!park(h)) {
-            cancelled_ = true;
-            return false;
-        }
-        on_cancel = [](suspend_point* sp) noexcept {
-            auto* self = static_cast<sleep_awaiter*>(sp);
-            self->loop->remove_timer(self);
-            self->cancelled_ = true;
-            self->unpark();
-        };
+        if (!begin(h)) return false;
         if (yield_) {
             // Behind every task that is ready now: they all run before this one again. Already
             // queued, so a cancel() meanwhile only marks the task; await_resume raises it.
-            unpark();
+            wake();
             return true;
         }
-        fire = [](timer_node* n) noexcept { static_cast<sleep_awaiter*>(n)->unpark(); };
-        loop->add_timer(this);
-        task->suspended_at = this;
+        fire = [](timer_node* n) noexcept { static_cast<sleep_awaiter*>(n)->wake(); };
+        loop_core::running().add_timer(this);
+        arm([](suspension* sp) noexcept {
+            auto* self = static_cast<sleep_awaiter*>(sp);
+            loop_core::current()->remove_timer(self);
+            self->wake(true);
+        });
         return true;
     }
     void await_resume() {
         // Nothing is lost by raising here even if the timer fired first: a sleep has no result.
-        if (cancelled_ || task->take_cancel()) {
-            cancelled_ = false;
-            task->take_cancel();
-            throw cancelled_error();
-        }
+        cancel_if_requested();
+        resume();
     }
 
 private:
     bool yield_;
-    bool cancelled_ = false;
 };
 
 }  // namespace detail

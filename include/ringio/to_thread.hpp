@@ -9,6 +9,7 @@
 #include <utility>
 #include <variant>
 
+#include "ringio/detail/suspension.hpp"
 #include "ringio/errors.hpp"
 #include "ringio/event_loop.hpp"
 
@@ -28,7 +29,7 @@ void pool_submit(pool_job* job);
 std::size_t pool_threads() noexcept;
 
 template <class F>
-class to_thread_awaiter : pool_job, remote_item, suspend_point, parking {
+class to_thread_awaiter : pool_job, remote_item, suspension {
 public:
     using result_type = std::invoke_result_t<F&>;
 
@@ -36,10 +37,8 @@ public:
 
     bool await_ready() const noexcept { return false; }
     bool await_suspend(std::coroutine_handle<> h) {
-        if (!park(h)) {
-            cancelled_ = true;
-            return false;
-        }
+        if (!begin(h)) return false;
+        loop_ = &loop_core::running();
         pool_job::run = [](pool_job* j) noexcept {
             auto* self = static_cast<to_thread_awaiter*>(j);
             try {
@@ -52,22 +51,22 @@ public:
             } catch (...) {
                 self->error_ = std::current_exception();
             }
-            self->loop->post(self);  // last touch of *self on the worker thread
+            self->loop_->post(self, false);  // last touch of *self on the worker thread
         };
-        remote_item::run = [](remote_item* r, bool live) noexcept {
+        remote_item::run = [](remote_item* r, bool) noexcept {
+            // Always live: the loop waits for this Task, so it cannot be gone.
             auto* self = static_cast<to_thread_awaiter*>(r);
-            if (live) self->unpark();
+            self->wake(self->cancelling());
         };
-        // The function cannot be interrupted: a cancel() only marks the task, and the
-        // cancellation is raised when the function has returned.
-        on_cancel = [](suspend_point* sp) noexcept { static_cast<to_thread_awaiter*>(sp)->cancel_seen_ = true; };
         pool_submit(this);
-        task->suspended_at = this;
+        // The function cannot be interrupted: a cancel() only marks the point, and the
+        // cancellation is raised when the function has returned.
+        arm([](suspension*) noexcept {});
         return true;
     }
 
     result_type await_resume() {
-        if (cancelled_ || (cancel_seen_ && task->take_cancel())) throw cancelled_error();
+        resume();
         if (error_) std::rethrow_exception(error_);
         if constexpr (!std::is_void_v<result_type>) return std::move(*value_);
     }
@@ -75,10 +74,9 @@ public:
 private:
     using stored = std::conditional_t<std::is_void_v<result_type>, bool, result_type>;
     F fn_;
+    loop_core* loop_ = nullptr;
     std::optional<std::conditional_t<std::is_void_v<result_type>, std::monostate, stored>> value_;
     std::exception_ptr error_;
-    bool cancelled_ = false;
-    bool cancel_seen_ = false;
 };
 
 }  // namespace detail

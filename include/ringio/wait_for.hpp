@@ -6,6 +6,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "ringio/detail/suspension.hpp"
 #include "ringio/errors.hpp"
 #include "ringio/event_loop.hpp"
 #include "ringio/task.hpp"
@@ -16,58 +17,48 @@ namespace ringio {
 
 namespace detail {
 
-/// Waits for `target` to finish; at `deadline` cancels it and keeps waiting for it.
-class deadline_awaiter : done_waiter, timer_node, suspend_point {
+/// Waits for `target` to finish; at `deadline` cancels it and keeps waiting for it. A join
+/// point: the waiter's own cancellation is passed on to the target, which is waited for.
+class deadline_awaiter : done_waiter, timer_node, suspension {
 public:
     deadline_awaiter(task_base* target, clock::time_point when) noexcept : target_(target) {
         timer_node::deadline = when;
     }
-    deadline_awaiter(const deadline_awaiter&) = delete;
-    deadline_awaiter& operator=(const deadline_awaiter&) = delete;
 
     bool await_ready() const noexcept { return target_->done(); }
     bool await_suspend(std::coroutine_handle<> h) {
-        loop_ = &event_loop::running();
-        self_ = loop_->current_task();
-        h_ = h;
-        notify = [](done_waiter* w, task_base*) noexcept {
+        begin(h, cancel_kind::join);
+        loop_core::running().add_timer(this);  // may throw: before anything is registered
+        notify = [](done_waiter* w, task_base* t) noexcept {
             auto* a = static_cast<deadline_awaiter*>(w);
-            a->loop_->remove_timer(a);
-            a->loop_->wake(a->self_, a->h_);
+            loop_core::current()->remove_timer(a);
+            // Our own cancellation ended it: that is the outcome (it wins over the deadline).
+            a->wake(a->cancelling() && t->state() == task_base::status::cancelled);
         };
         fire = [](timer_node* n) noexcept {
             auto* a = static_cast<deadline_awaiter*>(n);
             a->timed_out_ = true;
             a->target_->cancel();
         };
-        on_cancel = [](suspend_point* sp) noexcept {
-            auto* a = static_cast<deadline_awaiter*>(sp);
-            a->loop_->remove_timer(a);
-            a->target_->cancel();
-        };
         target_->add_done_waiter(this);
-        if (self_->cancel_requested()) {
-            target_->cancel();  // an earlier cancel() of ours: pass it on and wait
-        } else {
-            loop_->add_timer(this);
-            self_->suspended_at = this;
-        }
+        arm([](suspension* sp) noexcept {
+            auto* a = static_cast<deadline_awaiter*>(sp);
+            loop_core::current()->remove_timer(a);
+            a->target_->cancel();
+        });
         return true;
     }
     /// Returns normally when the target ended by itself; throws as wait_for documents.
     void await_resume() {
         target_->mark_retrieved();
+        resume();
         if (target_->state() != task_base::status::cancelled) return;
-        if (self_ && self_->take_cancel()) throw cancelled_error();
         if (timed_out_) throw timeout_error();
-        throw cancelled_error();  // somebody else cancelled the target
+        raise_cancelled();  // somebody else cancelled the target
     }
 
 private:
     task_base* target_;
-    event_loop* loop_ = nullptr;
-    task_base* self_ = nullptr;
-    std::coroutine_handle<> h_;
     bool timed_out_ = false;
 };
 
@@ -110,22 +101,25 @@ task<T> wait_until(task_handle<T> h, clock::time_point deadline) {
     co_return detail::handle_result(h);
 }
 
+/// The same for a task, which starts only when the result is awaited (like every task: a
+/// wait_until that is made but never awaited runs nothing).
 template <class T>
 task<T> wait_until(task<T> t, clock::time_point deadline) {
-    return wait_until(create_task(std::move(t)), deadline);
+    co_return co_await wait_until(create_task(std::move(t)), deadline);
 }
 
-/// wait_until() with a deadline `d` from now. Works on a task, a task_handle, or any other
-/// awaitable (run as a task of its own).
+/// wait_until() with a deadline `d` after the moment it is awaited. Works on a task, a
+/// task_handle, or any other awaitable (run as a task of its own). Lazy, as tasks are: nothing
+/// starts, and the clock does not run, until the result is awaited.
 ///
 ///   std::string line = co_await ringio::wait_for(reader.read_line(), 5s);
 template <class T, class Rep, class Period>
 task<T> wait_for(task<T> t, std::chrono::duration<Rep, Period> d) {
-    return wait_until(std::move(t), clock::now() + std::chrono::ceil<clock::duration>(d));
+    co_return co_await wait_until(std::move(t), clock::now() + std::chrono::ceil<clock::duration>(d));
 }
 template <class T, class Rep, class Period>
 task<T> wait_for(task_handle<T> h, std::chrono::duration<Rep, Period> d) {
-    return wait_until(std::move(h), clock::now() + std::chrono::ceil<clock::duration>(d));
+    co_return co_await wait_until(std::move(h), clock::now() + std::chrono::ceil<clock::duration>(d));
 }
 template <class A, class Rep, class Period>
 auto wait_for(A aw, std::chrono::duration<Rep, Period> d) {
@@ -147,44 +141,34 @@ task<T> timeout_at(clock::time_point deadline, task<T> body) {
 
 namespace detail {
 
-/// Waits for `target` but does not pass the waiter's cancellation on to it.
-class shield_awaiter : done_waiter, suspend_point, parking {
+/// Waits for `target` but does not pass the waiter's cancellation on to it: the waiter leaves
+/// at once (an interrupt point), the target runs on.
+class shield_awaiter : done_waiter, suspension {
 public:
     explicit shield_awaiter(task_base* target) noexcept : target_(target) {}
-    shield_awaiter(const shield_awaiter&) = delete;
-    shield_awaiter& operator=(const shield_awaiter&) = delete;
 
     bool await_ready() const noexcept { return target_->done(); }
     bool await_suspend(std::coroutine_handle<> h) {
-        if (!park(h)) {
-            cancelled_ = true;
-            return false;
-        }
-        notify = [](done_waiter* w, task_base*) noexcept { static_cast<shield_awaiter*>(w)->unpark(); };
-        on_cancel = [](suspend_point* sp) noexcept {
+        if (!begin(h)) return false;
+        notify = [](done_waiter* w, task_base*) noexcept { static_cast<shield_awaiter*>(w)->wake(); };
+        target_->add_done_waiter(this);
+        arm([](suspension* sp) noexcept {
             auto* a = static_cast<shield_awaiter*>(sp);
             task_base::remove_done_waiter(a);
-            a->cancelled_ = true;
-            a->unpark();
-        };
-        target_->add_done_waiter(this);
-        task->suspended_at = this;
+            a->wake(true);
+        });
         return true;
     }
     void await_resume() {
-        if (cancelled_) {
-            task->take_cancel();
-            throw cancelled_error();
-        }
+        resume();
         if (target_->state() == task_base::status::cancelled) {
             target_->mark_retrieved();
-            throw cancelled_error();
+            raise_cancelled();
         }
     }
 
 private:
     task_base* target_;
-    bool cancelled_ = false;
 };
 
 }  // namespace detail

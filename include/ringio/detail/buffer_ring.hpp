@@ -10,8 +10,8 @@
 
 struct io_uring_buf_ring;
 
-namespace ringio {
-class event_loop;
+namespace ringio::detail {
+class loop_core;
 }
 
 namespace ringio::detail {
@@ -24,11 +24,11 @@ struct buffer_waiter : list_node {
 class buffer_ring {
 public:
     /// Registers `count` (a power of two, <= 32768) buffers of `size` bytes under a buffer
-    /// group id unique in `loop`. With `prefault`, the memory is touched now, so that it is
+    /// group id unique in `loop` (ids of rings freed before are reused). With `prefault`, the memory is touched now, so that it is
     /// resident from the start instead of growing as the kernel cycles through the buffers.
     /// Throws std::system_error if the kernel refuses.
-    buffer_ring(event_loop& loop, unsigned count, std::size_t size, bool prefault = false);
-    ~buffer_ring();  // unregisters (unless detached): no operation may use the group any more
+    buffer_ring(loop_core& loop, unsigned count, std::size_t size, bool prefault = false);
+    ~buffer_ring();  // unregisters and gives the id back (unless detached): no operation may use the group any more
     buffer_ring(const buffer_ring&) = delete;
     buffer_ring& operator=(const buffer_ring&) = delete;
 
@@ -61,13 +61,13 @@ public:
     void detach() noexcept;
 
 private:
-    event_loop* loop_;
+    loop_core* loop_;
     io_uring_buf_ring* ring_ = nullptr;
     std::size_t ring_bytes_ = 0;
     std::unique_ptr<std::byte[]> data_;
     std::size_t size_;
     unsigned count_;
-    std::uint16_t group_;
+    std::uint16_t group_ = 0;
     intrusive_list<buffer_waiter> waiters_;
     std::uint32_t recycled_ = 0;
     std::uint32_t taken_ = 0;

@@ -5,8 +5,8 @@
 #include <memory>
 #include <span>
 
+#include "ringio/detail/suspension.hpp"
 #include "ringio/errors.hpp"
-#include "ringio/event_loop.hpp"
 
 namespace ringio::detail {
 
@@ -14,14 +14,13 @@ namespace ringio::detail {
 /// other than successfully (while the join is not already cancelling) makes the join cancel
 /// the others; it still waits for all of them, so nothing outlives the join.
 ///
-/// Cancelling the awaiting task cancels every child and waits for them all. await_resume then
-/// returns the first failed child (or nullptr); it throws cancelled_error only when the awaiter
-/// was cancelled and some child ended cancelled, i.e. when the results are incomplete.
-class join_awaiter : suspend_point {
+/// A join point: cancelling the awaiting task (also before it got here) cancels every child and
+/// waits for them all. await_resume then returns the first failed child (or nullptr); it throws
+/// cancelled_error only when the awaiter was cancelled and some child ended cancelled, i.e.
+/// when the results are incomplete.
+class join_awaiter : suspension {
 public:
     join_awaiter(std::span<task_base* const> tasks, bool fail_fast) : tasks_(tasks), fail_fast_(fail_fast) {}
-    join_awaiter(const join_awaiter&) = delete;
-    join_awaiter& operator=(const join_awaiter&) = delete;
 
     bool await_ready() noexcept {
         for (task_base* t : tasks_)
@@ -30,11 +29,9 @@ public:
     }
 
     bool await_suspend(std::coroutine_handle<> h) {
-        loop_ = &event_loop::running();
-        self_ = loop_->current_task();
-        h_ = h;
-        if (self_->cancel_requested()) own_cancel();  // still waits: the children must finish first
-        waiters_ = std::make_unique<child_waiter[]>(tasks_.size());
+        begin(h, cancel_kind::join);
+        waiters_ = std::make_unique<child_waiter[]>(tasks_.size());  // before anything is registered
+        noted_ = true;
         for (std::size_t i = 0; i < tasks_.size(); ++i) {
             task_base* t = tasks_[i];
             if (t->done()) {
@@ -51,27 +48,15 @@ public:
             t->add_done_waiter(&waiters_[i]);
         }
         if (remaining_ == 0) return false;
-        on_cancel = [](suspend_point* sp) noexcept {
-            auto* self = static_cast<join_awaiter*>(sp);
-            self_cancel_seen(self);
-        };
-        self_->suspended_at = this;
+        arm([](suspension* sp) noexcept { static_cast<join_awaiter*>(sp)->cancel_children(); });
         return true;
     }
 
     task_base* await_resume() {
-        if (!first_failed_) {
+        if (!noted_)
             for (task_base* t : tasks_) note_done(t);  // await_ready path: nothing noted yet
-        }
-        bool incomplete = false;
-        for (task_base* t : tasks_) {
-            t->mark_retrieved();
-            if (t->state() == task_base::status::cancelled) incomplete = true;
-        }
-        if (cancelled_by_us_ && incomplete && !first_failed_) {
-            if (self_) self_->take_cancel();
-            throw cancelled_error();
-        }
+        for (task_base* t : tasks_) t->mark_retrieved();
+        resume();
         return first_failed_;
     }
 
@@ -80,13 +65,6 @@ private:
         join_awaiter* join = nullptr;
         task_base* task = nullptr;
     };
-
-    static void self_cancel_seen(join_awaiter* self) noexcept { self->own_cancel(); }
-
-    void own_cancel() noexcept {
-        cancelled_by_us_ = true;
-        cancel_children();
-    }
 
     void cancel_children() noexcept {
         cancelling_ = true;
@@ -103,19 +81,20 @@ private:
 
     void child_done(task_base* t) noexcept {
         note_done(t);
-        if (--remaining_ == 0) loop_->wake(self_, h_);
+        if (--remaining_ > 0) return;
+        // Cancelled by the awaiter's cancellation, with results missing: that is the outcome.
+        bool incomplete = false;
+        for (task_base* c : tasks_) incomplete |= c->state() == task_base::status::cancelled;
+        wake(cancelling() && incomplete && !first_failed_);
     }
 
     std::span<task_base* const> tasks_;
     bool fail_fast_;
-    event_loop* loop_ = nullptr;
-    task_base* self_ = nullptr;
-    std::coroutine_handle<> h_;
+    bool cancelling_ = false;
+    bool noted_ = false;
     std::unique_ptr<child_waiter[]> waiters_;
     std::size_t remaining_ = 0;
     task_base* first_failed_ = nullptr;
-    bool cancelling_ = false;
-    bool cancelled_by_us_ = false;
 };
 
 }  // namespace ringio::detail

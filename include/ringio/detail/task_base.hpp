@@ -17,12 +17,7 @@ namespace ringio::detail {
 
 class task_base;
 
-/// Where a Task is parked. cancel() calls on_cancel once; the suspension point then wakes the
-/// task (sleep, queue get: at once) or asks the kernel to cancel (I/O: the task wakes when the
-/// operation's own completion arrives). The wake-up clears task_base::suspended_at.
-struct suspend_point {
-    void (*on_cancel)(suspend_point*) noexcept = nullptr;
-};
+class suspension;  // ringio/detail/suspension.hpp: where a Task waits, and how cancel() reaches it
 
 /// Somebody waiting for a Task to finish (an awaiter of its handle, gather, a task_group).
 /// notify gets the Task that finished (still alive during the call).
@@ -56,12 +51,13 @@ public:
     static task_base* make(std::coroutine_handle<> body, promise_base* promise);
 
     /// asyncio Task.cancel(): false when the task is finished or a cancellation is already on its
-    /// way, true otherwise.
+    /// way, true otherwise. A suspended Task's suspension point runs its cancel action now.
     bool cancel() noexcept;
 
     /// True while a cancel() has not yet been raised as cancelled_error in the task.
     [[nodiscard]] bool cancel_requested() const noexcept { return cancel_requested_; }
-    /// Consumes the pending cancellation; the caller raises cancelled_error.
+    /// Consumes the pending cancellation; the caller raises cancelled_error (only
+    /// suspension::resume does, so that a cancellation is consumed exactly where it is raised).
     bool take_cancel() noexcept {
         bool r = cancel_requested_;
         cancel_requested_ = false;
@@ -85,7 +81,7 @@ public:
     // Called by the loop and the promise.
     void finish() noexcept;          // the body returned or threw
     void finish_unstarted() noexcept;  // cancelled before it ever ran
-    suspend_point* suspended_at = nullptr;
+    suspension* suspended_at = nullptr;  // set and cleared by suspension only
 
 private:
     task_base(std::coroutine_handle<> body, promise_base* p) noexcept : body_(body), promise_(p) {}
