@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <stdexcept>
 
 #include <fmt/format.h>
 
@@ -51,6 +52,11 @@ task<std::pair<stream_reader, stream_writer>> open_connection(std::string host, 
                                                               connect_options options) {
     std::vector<endpoint> targets = co_await resolve(host, port);
     co_return co_await connect_any(std::move(targets), std::move(options));
+}
+
+task<std::pair<stream_reader, stream_writer>> open_connection(std::vector<endpoint> addresses, connect_options options) {
+    if (addresses.empty()) throw std::invalid_argument("ringio: open_connection: no address to connect to");
+    co_return co_await connect_any(std::move(addresses), std::move(options));
 }
 
 task<std::pair<stream_reader, stream_writer>> open_unix_connection(std::string path, connect_options options) {

@@ -17,6 +17,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "ringio/endpoint.hpp"
 #include "ringio/socket.hpp"
@@ -171,6 +172,14 @@ struct connect_options {
 /// not resolve throws resolve_error; a connect that exceeds options.timeout counts as failed
 /// with ETIMEDOUT. Cancel safety: safe; no socket is left open.
 task<std::pair<stream_reader, stream_writer>> open_connection(std::string host, std::uint16_t port,
+                                                              connect_options options = {});
+
+/// Connects to the first of `addresses` that accepts, tried as open_connection(host, port)
+/// tries the addresses a name resolves to: for addresses resolved beforehand, or a list of
+/// one's own (IP or Unix endpoints). Throws std::invalid_argument if the list is empty;
+/// otherwise as open_connection(host, port). (Build the vector before the co_await: a braced
+/// list inside a coroutine is an initializer_list, which GCC 12 miscompiles there.)
+task<std::pair<stream_reader, stream_writer>> open_connection(std::vector<endpoint> addresses,
                                                               connect_options options = {});
 
 /// Connects to a Unix socket path ('@name' for an abstract one).
