@@ -167,10 +167,12 @@ struct connect_options {
 };
 
 /// Connects to host:port (asyncio.open_connection). Each resolved address is tried in turn;
-/// the first that connects wins. If none does, std::system_error lists every attempt
-/// ("connect to 127.0.0.1:1: Connection refused; connect to [::1]:1: ..."); a name that does
-/// not resolve throws resolve_error; a connect that exceeds options.timeout counts as failed
-/// with ETIMEDOUT. Cancel safety: safe; no socket is left open.
+/// the first that connects wins. If none does: std::system_error with the errno of the last
+/// attempt, whose what() names every address once and each errno's text once, addresses that
+/// failed alike together ("ringio: connect to [::1]:1, 127.0.0.1:1: Connection refused";
+/// "ringio: connect to 10.0.0.1:80: Connection timed out; 10.0.0.2:80: Connection refused").
+/// A name that does not resolve throws resolve_error; a connect that exceeds options.timeout
+/// counts as failed with ETIMEDOUT. Cancel safety: safe; no socket is left open.
 task<std::pair<stream_reader, stream_writer>> open_connection(std::string host, std::uint16_t port,
                                                               connect_options options = {});
 
