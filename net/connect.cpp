@@ -52,10 +52,14 @@ std::system_error connect_failure(const std::vector<failed_attempt>& failed) {
 task<std::pair<stream_reader, stream_writer>> connect_any(std::vector<endpoint> targets, connect_options options) {
     std::vector<failed_attempt> failed;
     for (const endpoint& ep : targets) {
-        socket s = socket::create(ep.family(), SOCK_STREAM);
+        socket s;
         std::string step;
         int err = 0;
         try {
+            // A socket that cannot be made (EAFNOSUPPORT where the family is missing, EMFILE) is
+            // this address's failure, as in asyncio: the next address may still work.
+            step = "socket()";
+            s = socket::create(ep.family(), SOCK_STREAM);
             step = "setsockopt TCP_NODELAY";
             if (options.nodelay && ep.is_ip()) s.set_nodelay(true);
             if (options.local_address) {

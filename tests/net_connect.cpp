@@ -1,12 +1,21 @@
-// open_connection: trying several addresses, and its error messages, over real loopback sockets.
+// open_connection: trying several addresses, a socket that cannot be created for one family,
+// and the error messages, over real loopback sockets.
 #include <doctest/doctest.h>
 
 #include <ringio/ringio.hpp>
 #include <ringio/server.hpp>
 #include <ringio/stream.hpp>
 
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <chrono>
+#include <functional>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -14,8 +23,10 @@
 #include <system_error>
 #include <vector>
 
+#include "child_process.hpp"
 #include "helpers.hpp"
 #include "net_helpers.hpp"
+#include "seccomp_block.hpp"
 
 using namespace std::chrono_literals;
 
@@ -34,6 +45,7 @@ std::uint16_t closed_port(const ringio::ip_address& address) {
 }
 
 ringio::endpoint v4(std::uint16_t port) { return ringio::endpoint(ringio::ip_address::loopback_v4(), port); }
+ringio::endpoint v6(std::uint16_t port) { return ringio::endpoint(ringio::ip_address::loopback_v6(), port); }
 
 /// Sends a line through an echoing connection and checks it comes back; then closes.
 ringio::task<> echo_check(std::pair<ringio::stream_reader, ringio::stream_writer> conn) {
@@ -42,6 +54,67 @@ ringio::task<> echo_check(std::pair<ringio::stream_reader, ringio::stream_writer
     CHECK(co_await r.read_line() == "ping\n");
     w.close();
     co_await w.wait_closed();
+}
+
+/// Runs `body` in a forked child (after `setup`, which may install a seccomp filter there and
+/// returns false if it could not); returns the child's exit status and what it wrote (its
+/// failures). Bounded: a child still running after `limit` is killed.
+struct child_result {
+    std::optional<int> status;
+    std::string report;
+    bool setup_failed = false;
+};
+child_result run_in_child(const std::function<bool()>& setup, const std::function<std::string()>& body,
+                          std::chrono::milliseconds limit) {
+    constexpr int exit_no_setup = 3;
+    int out[2];
+    REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
+    pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        ::close(out[0]);
+        if (!setup()) ::_exit(exit_no_setup);
+        std::string report;
+        try {
+            report = body();
+        } catch (const std::exception& e) {
+            report = std::string("exception: ") + e.what();
+        }
+        for (std::size_t off = 0; off < report.size();) {
+            ssize_t n = ::write(out[1], report.data() + off, report.size() - off);
+            if (n <= 0) break;
+            off += static_cast<std::size_t>(n);
+        }
+        ::_exit(report.empty() ? 0 : 1);  // no doctest teardown in the child
+    }
+    ::close(out[1]);
+    child_result res;
+    auto deadline = test::steady::now() + limit;
+    pollfd p{out[0], POLLIN, 0};
+    while (::poll(&p, 1, test::remaining_ms(deadline)) > 0) {
+        char buf[4096];
+        ssize_t n = ::read(out[0], buf, sizeof buf);
+        if (n <= 0) break;  // EOF: the child has ended
+        res.report.append(buf, static_cast<std::size_t>(n));
+    }
+    ::close(out[0]);
+    // The pipe's EOF comes as the child exits (or at the deadline): wait for its end, bounded.
+    int st = 0;
+    pid_t ended = 0;
+    for (int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); pidfd >= 0; pidfd = -1) {
+        pollfd pp{pidfd, POLLIN, 0};
+        if (::poll(&pp, 1, test::remaining_ms(deadline)) > 0) ended = ::waitpid(pid, &st, 0);
+        ::close(pidfd);
+    }
+    if (ended != pid) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, &st, 0);
+        res.report += " (killed at the time limit)";
+        return res;
+    }
+    res.status = st;
+    res.setup_failed = WIFEXITED(st) && WEXITSTATUS(st) == exit_no_setup;
+    return res;
 }
 
 /// How many times `needle` occurs in `haystack`.
@@ -138,4 +211,64 @@ TEST_CASE("a failed open_connection names every attempt once and the errno text 
         }
     }());
     CHECK(test::open_fds() == fds);
+}
+
+TEST_CASE("a socket that cannot be created for one family is that address's failure; the next is tried") {
+    // In a child whose seccomp filter makes socket(AF_INET6, ...) fail with EAFNOSUPPORT (as in
+    // a network namespace without IPv6): [::1]:P then 127.0.0.1:P connects over IPv4.
+    if (test::native_arch == 0) {
+        MESSAGE("no seccomp arch constant for this machine: skipped");
+        return;
+    }
+    auto setup = [] { return test::block_socket_family(AF_INET6, EAFNOSUPPORT); };
+    auto body = []() -> std::string {
+        std::string report;
+        ringio::run([](std::string& out) -> ringio::task<> {
+            std::size_t fds = test::open_fds();
+            {
+                auto srv = co_await ringio::start_server(echo, "127.0.0.1", 0);
+                std::vector<ringio::endpoint> eps;
+                eps.push_back(v6(srv.port()));
+                eps.push_back(v4(srv.port()));
+                try {
+                    auto conn = co_await ringio::open_connection(eps);
+                    if (conn.second.peername() != v4(srv.port())) out += "connected to the wrong address; ";
+                    conn.second.write("ping\n");
+                    if (co_await conn.first.read_line() != "ping\n") out += "no echo; ";
+                    conn.second.close();
+                    co_await conn.second.wait_closed();
+                } catch (const std::exception& e) {
+                    out += std::string("open_connection failed: ") + e.what() + "; ";
+                }
+                // Every address failing: each one's error, the errno of the last.
+                std::uint16_t refused = closed_port(ringio::ip_address::loopback_v4());
+                eps.clear();
+                eps.push_back(v6(refused));
+                eps.push_back(v4(refused));
+                try {
+                    (void)co_await ringio::open_connection(eps);
+                    out += "connected to a closed port; ";
+                } catch (const std::system_error& e) {
+                    std::string what = e.what();
+                    if (e.code().value() != ECONNREFUSED) out += "errno " + std::to_string(e.code().value()) + "; ";
+                    if (what != fmt::format("ringio: connect to {} (socket()): {}; {}: {}", eps[0],
+                                            std::system_category().message(EAFNOSUPPORT), eps[1],
+                                            std::system_category().message(ECONNREFUSED)))
+                        out += "unexpected message: " + what + "; ";
+                }
+                srv.close();
+                co_await srv.wait_closed();
+            }
+            if (test::open_fds() != fds) out += "fd leaked; ";
+        }(report));
+        return report;
+    };
+    child_result res = run_in_child(setup, body, 20s);
+    if (res.setup_failed) {
+        MESSAGE("could not install a seccomp filter here: skipped");
+        return;
+    }
+    INFO("child: ", res.report);
+    CHECK(res.report.empty());
+    CHECK(test::exited_with(res.status, 0));
 }
