@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <optional>
+#include <utility>
 #include <tuple>
 
 #include <fmt/format.h>
@@ -63,7 +65,8 @@ struct server_state {
     std::shared_ptr<server_state> kept_by_connections;
     std::size_t accept_loops = 0;
     bool closing = false;
-    std::string unix_path;  // removed on close
+    std::string unix_path;  // removed on close, if it is still the file this server bound:
+    std::optional<std::pair<dev_t, ino_t>> unix_file;  // that file (none for an abstract name)
     event closed;           // close() was called
     event all_done;         // closed, listeners gone, no connection left
 
@@ -347,7 +350,14 @@ void server::close() {
         if (ss->inflight > 0) ss->cancel_all();
         l->wake();
     }
-    if (!st_->unix_path.empty() && st_->unix_path[0] != '@') ::unlink(st_->unix_path.c_str());
+    // Only the file this server bound: another server may have bound the path since (its file
+    // replacing ours), and that one must stay (asyncio 3.13 checks the inode too).
+    if (st_->unix_file) {
+        struct stat sb {};
+        if (::stat(st_->unix_path.c_str(), &sb) == 0 && S_ISSOCK(sb.st_mode) &&
+            std::pair(sb.st_dev, sb.st_ino) == *st_->unix_file)
+            ::unlink(st_->unix_path.c_str());
+    }
     st_->closed.set();
     st_->check_done();
 }
@@ -415,6 +425,10 @@ task<server> start_unix_server(connection_handler handler, std::string path, ser
         if (::stat(path.c_str(), &sb) == 0 && S_ISSOCK(sb.st_mode)) ::unlink(path.c_str());
     }
     st->sockets.push_back(detail::listen_on(ep, options, false));
+    if (!ep.is_abstract()) {
+        struct stat sb {};
+        if (::stat(path.c_str(), &sb) == 0) st->unix_file = std::pair(sb.st_dev, sb.st_ino);
+    }
     server srv(st);
     detail::start_listeners(st);
     co_return srv;

@@ -595,6 +595,42 @@ TEST_CASE("Unix server: a stale socket file is replaced and removed on close") {
     CHECK(test::open_fds() == fds);
 }
 
+TEST_CASE("Unix server: close() leaves a socket file that another server has bound since") {
+    // Server A's file is removed and server B binds the same path: A's close() must not remove
+    // B's file (asyncio 3.13 compares the inode too), and B goes on accepting.
+    std::size_t fds = test::open_fds();
+    char tmpl[] = "/tmp/ringio-srv-XXXXXX";
+    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    const std::string dir = tmpl;
+    const std::string path = dir + "/s.sock";
+    run_bounded([](std::string file) -> ringio::task<> {
+        auto a = co_await ringio::start_unix_server(echo, file);
+        REQUIRE(::unlink(file.c_str()) == 0);
+        auto b = co_await ringio::start_unix_server(echo, file);
+        struct stat before {};
+        REQUIRE(::stat(file.c_str(), &before) == 0);
+        a.close();
+        co_await a.wait_closed();
+        struct stat after {};
+        CHECK(::stat(file.c_str(), &after) == 0);
+        CHECK(after.st_ino == before.st_ino);
+        {
+            auto [r, w] = co_await ringio::open_unix_connection(file);
+            w.write("b\n");
+            CHECK(co_await r.read_line() == "b\n");
+            w.close();
+            co_await w.wait_closed();
+        }
+        // B's own close removes it.
+        b.close();
+        co_await b.wait_closed();
+        CHECK(::stat(file.c_str(), &after) != 0);
+    }(path));
+    ::unlink(path.c_str());
+    ::rmdir(dir.c_str());
+    CHECK(test::open_fds() == fds);
+}
+
 TEST_CASE("a regular file at the Unix path is not replaced") {
     char tmpl[] = "/tmp/ringio-srv-XXXXXX";
     REQUIRE(::mkdtemp(tmpl) != nullptr);

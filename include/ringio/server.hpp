@@ -87,7 +87,8 @@ task<server> start_server(connection_handler handler, std::string host, std::uin
                           server_options options = {});
 
 /// The same on a Unix socket path ('@name' for an abstract one). A stale socket file left at
-/// the path is replaced; the file is removed when the server closes.
+/// the path is replaced. close() removes the file, unless it is no longer the one this server
+/// bound (same device and inode; another server may own the path by then, as in asyncio 3.13).
 task<server> start_unix_server(connection_handler handler, std::string path, server_options options = {});
 
 }  // namespace ringio
