@@ -10,10 +10,12 @@
 #include <optional>
 #include <utility>
 #include <tuple>
+#include <vector>
 
 #include <fmt/format.h>
 
 #include "ringio/event.hpp"
+#include "ringio/gather.hpp"
 #include "ringio/log.hpp"
 #include "ringio/task_handle.hpp"
 #include "ringio/time.hpp"
@@ -390,25 +392,53 @@ task<> server::serve_forever() {
 }
 
 task<server> start_server(connection_handler handler, std::string host, std::uint16_t port, server_options options) {
+    std::vector<std::string> hosts;  // (no braced list: start_server below is a coroutine)
+    hosts.push_back(std::move(host));
+    return start_server(std::move(handler), std::move(hosts), port, options);
+}
+
+task<server> start_server(connection_handler handler, std::vector<std::string> hosts, std::uint16_t port,
+                          server_options options) {
+    if (hosts.empty()) throw make_system_error(EADDRNOTAVAIL, "ringio: start_server: no host to listen on");
     auto st = std::make_shared<detail::server_state>();
     st->handler = std::move(handler);
     st->options = options;
     resolve_options ro;
     ro.passive = true;
-    std::vector<endpoint> eps = co_await resolve(host, port, ro);
-    bool several = eps.size() > 1;
-    for (endpoint ep : eps) {
+    std::vector<task<std::vector<endpoint>>> lookups;
+    for (const std::string& host : hosts) lookups.push_back(resolve(host, port, ro));
+    const std::vector<std::vector<endpoint>> resolved = co_await gather(std::move(lookups));
+    // Every address once, in the order of the hosts; `from` is the host that named it first.
+    std::vector<endpoint> eps;
+    std::vector<std::size_t> from;
+    for (std::size_t h = 0; h < hosts.size(); ++h)
+        for (const endpoint& ep : resolved[h])
+            if (std::find(eps.begin(), eps.end(), ep) == eps.end()) {
+                eps.push_back(ep);
+                from.push_back(h);
+            }
+    const bool several = eps.size() > 1;  // then an IPv6 socket is V6ONLY, leaving IPv4 to its own
+    std::vector<endpoint> bound;          // (as resolved: port 0 where 0 was asked)
+    for (std::size_t i = 0; i < eps.size(); ++i) {
+        endpoint ep = eps[i];
         if (port == 0 && !st->sockets.empty())  // port 0: every address on the first one's port
             ep = endpoint(ep.address(), st->sockets.front().local_endpoint().port());
         try {
             st->sockets.push_back(detail::listen_on(ep, options, several));
+            bound.push_back(eps[i]);
         } catch (const std::system_error& e) {
-            // An address family the machine lacks (no IPv6) is skipped when others work.
-            if (several && (e.code().value() == EAFNOSUPPORT || e.code().value() == EADDRNOTAVAIL)) continue;
+            // An address family the machine lacks (no IPv6) is skipped for a host that has
+            // addresses of another (a name, or "" for every interface); each host must get one.
+            const int err = e.code().value();
+            if (resolved[from[i]].size() > 1 && (err == EAFNOSUPPORT || err == EADDRNOTAVAIL)) continue;
             throw;
         }
     }
-    if (st->sockets.empty()) throw make_system_error(EADDRNOTAVAIL, fmt::format("ringio: no address to listen on for '{}'", host));
+    for (std::size_t h = 0; h < hosts.size(); ++h) {
+        auto is_bound = [&bound](const endpoint& ep) { return std::find(bound.begin(), bound.end(), ep) != bound.end(); };
+        if (std::none_of(resolved[h].begin(), resolved[h].end(), is_bound))
+            throw make_system_error(EADDRNOTAVAIL, fmt::format("ringio: no address to listen on for '{}'", hosts[h]));
+    }
     server srv(st);
     detail::start_listeners(st);
     co_return srv;

@@ -129,6 +129,63 @@ TEST_CASE("host \"\" listens on 0.0.0.0 and :: on the same port") {
     }());
 }
 
+TEST_CASE("start_server with a list of hosts listens on every address on one port") {
+    std::size_t fds = test::open_fds();
+    run_bounded([]() -> ringio::task<> {
+        std::vector<std::string> hosts;  // (built before the co_await: no braced list in a coroutine)
+        hosts.push_back("127.0.0.1");
+        hosts.push_back("::1");
+        auto srv = co_await ringio::start_server(echo, hosts, 0);
+        REQUIRE(srv.sockets().size() == 2);
+        CHECK(srv.port() != 0);
+        std::set<std::string> addresses;
+        for (const ringio::socket& s : srv.sockets()) {
+            ringio::endpoint ep = s.local_endpoint();
+            CHECK(ep.port() == srv.port());  // port 0: the first socket's port for all
+            addresses.insert(ep.address().to_string());
+        }
+        CHECK(addresses == std::set<std::string>{"127.0.0.1", "::1"});
+        co_await echo_once(srv.port(), "127.0.0.1");
+        co_await echo_once(srv.port(), "::1");
+        srv.close();
+        co_await srv.wait_closed();
+
+        // An address named twice gets one socket; a fixed port is used for every address.
+        std::uint16_t port = closed_port();
+        hosts.push_back("127.0.0.1");
+        hosts.push_back("[::1]");
+        auto fixed = co_await ringio::start_server(echo, hosts, port);
+        CHECK(fixed.sockets().size() == 2);
+        for (const ringio::socket& s : fixed.sockets()) CHECK(s.local_endpoint().port() == port);
+        co_await echo_once(port, "::1");
+        co_await echo_once(port, "127.0.0.1");
+        fixed.close();
+        co_await fixed.wait_closed();
+
+        // Every host must get a socket: an address this machine does not have is an error, and
+        // the sockets already bound for the others are closed.
+        hosts.clear();
+        hosts.push_back("127.0.0.1");
+        hosts.push_back("192.0.2.1");  // TEST-NET-1: on no interface here
+        auto e = co_await thrown<std::system_error>(ringio::start_server(echo, hosts, 0));
+        REQUIRE(e);
+        CHECK(e->code().value() == EADDRNOTAVAIL);
+        CHECK(contains(e->what(), "192.0.2.1"));
+        // A wildcard and a specific address of its family collide (as in asyncio).
+        hosts.clear();
+        hosts.push_back("0.0.0.0");
+        hosts.push_back("127.0.0.1");
+        e = co_await thrown<std::system_error>(ringio::start_server(echo, hosts, 0));
+        REQUIRE(e);
+        CHECK(e->code().value() == EADDRINUSE);
+        // No host at all.
+        e = co_await thrown<std::system_error>(ringio::start_server(echo, std::vector<std::string>(), 0));
+        REQUIRE(e);
+        CHECK(e->code().value() == EADDRNOTAVAIL);
+    }());
+    CHECK(test::open_fds() == fds);
+}
+
 TEST_CASE("close() + wait_closed() with connected clients; close_clients() ends them gracefully") {
     std::size_t fds = test::open_fds();
     run_bounded([]() -> ringio::task<> {
