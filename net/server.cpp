@@ -7,11 +7,15 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <optional>
+#include <utility>
 #include <tuple>
+#include <vector>
 
 #include <fmt/format.h>
 
 #include "ringio/event.hpp"
+#include "ringio/gather.hpp"
 #include "ringio/log.hpp"
 #include "ringio/task_handle.hpp"
 #include "ringio/time.hpp"
@@ -62,7 +66,8 @@ struct server_state {
     std::shared_ptr<server_state> kept_by_connections;
     std::size_t accept_loops = 0;
     bool closing = false;
-    std::string unix_path;  // removed on close
+    std::string unix_path;  // removed on close, if it is still the file this server bound:
+    std::optional<std::pair<dev_t, ino_t>> unix_file;  // that file (none for an abstract name)
     event closed;           // close() was called
     event all_done;         // closed, listeners gone, no connection left
 
@@ -351,7 +356,14 @@ void server::close() {
         if (ss->inflight > 0) ss->cancel_all();
         l->wake();
     }
-    if (!st_->unix_path.empty() && st_->unix_path[0] != '@') ::unlink(st_->unix_path.c_str());
+    // Only the file this server bound: another server may have bound the path since (its file
+    // replacing ours), and that one must stay (asyncio 3.13 checks the inode too).
+    if (st_->unix_file) {
+        struct stat sb {};
+        if (::stat(st_->unix_path.c_str(), &sb) == 0 && S_ISSOCK(sb.st_mode) &&
+            std::pair(sb.st_dev, sb.st_ino) == *st_->unix_file)
+            ::unlink(st_->unix_path.c_str());
+    }
     st_->closed.set();
     st_->check_done();
 }
@@ -384,25 +396,53 @@ task<> server::serve_forever() {
 }
 
 task<server> start_server(connection_handler handler, std::string host, std::uint16_t port, server_options options) {
+    std::vector<std::string> hosts;  // (no braced list: start_server below is a coroutine)
+    hosts.push_back(std::move(host));
+    return start_server(std::move(handler), std::move(hosts), port, options);
+}
+
+task<server> start_server(connection_handler handler, std::vector<std::string> hosts, std::uint16_t port,
+                          server_options options) {
+    if (hosts.empty()) throw make_system_error(EADDRNOTAVAIL, "ringio: start_server: no host to listen on");
     auto st = std::make_shared<detail::server_state>();
     st->handler = std::move(handler);
     st->options = options;
     resolve_options ro;
     ro.passive = true;
-    std::vector<endpoint> eps = co_await resolve(host, port, ro);
-    bool several = eps.size() > 1;
-    for (endpoint ep : eps) {
+    std::vector<task<std::vector<endpoint>>> lookups;
+    for (const std::string& host : hosts) lookups.push_back(resolve(host, port, ro));
+    const std::vector<std::vector<endpoint>> resolved = co_await gather(std::move(lookups));
+    // Every address once, in the order of the hosts; `from` is the host that named it first.
+    std::vector<endpoint> eps;
+    std::vector<std::size_t> from;
+    for (std::size_t h = 0; h < hosts.size(); ++h)
+        for (const endpoint& ep : resolved[h])
+            if (std::find(eps.begin(), eps.end(), ep) == eps.end()) {
+                eps.push_back(ep);
+                from.push_back(h);
+            }
+    const bool several = eps.size() > 1;  // then an IPv6 socket is V6ONLY, leaving IPv4 to its own
+    std::vector<endpoint> bound;          // (as resolved: port 0 where 0 was asked)
+    for (std::size_t i = 0; i < eps.size(); ++i) {
+        endpoint ep = eps[i];
         if (port == 0 && !st->sockets.empty())  // port 0: every address on the first one's port
             ep = endpoint(ep.address(), st->sockets.front().local_endpoint().port());
         try {
             st->sockets.push_back(detail::listen_on(ep, options, several));
+            bound.push_back(eps[i]);
         } catch (const std::system_error& e) {
-            // An address family the machine lacks (no IPv6) is skipped when others work.
-            if (several && (e.code().value() == EAFNOSUPPORT || e.code().value() == EADDRNOTAVAIL)) continue;
+            // An address family the machine lacks (no IPv6) is skipped for a host that has
+            // addresses of another (a name, or "" for every interface); each host must get one.
+            const int err = e.code().value();
+            if (resolved[from[i]].size() > 1 && (err == EAFNOSUPPORT || err == EADDRNOTAVAIL)) continue;
             throw;
         }
     }
-    if (st->sockets.empty()) throw make_system_error(EADDRNOTAVAIL, fmt::format("ringio: no address to listen on for '{}'", host));
+    for (std::size_t h = 0; h < hosts.size(); ++h) {
+        auto is_bound = [&bound](const endpoint& ep) { return std::find(bound.begin(), bound.end(), ep) != bound.end(); };
+        if (std::none_of(resolved[h].begin(), resolved[h].end(), is_bound))
+            throw make_system_error(EADDRNOTAVAIL, fmt::format("ringio: no address to listen on for '{}'", hosts[h]));
+    }
     server srv(st);
     detail::start_listeners(st);
     co_return srv;
@@ -419,6 +459,10 @@ task<server> start_unix_server(connection_handler handler, std::string path, ser
         if (::stat(path.c_str(), &sb) == 0 && S_ISSOCK(sb.st_mode)) ::unlink(path.c_str());
     }
     st->sockets.push_back(detail::listen_on(ep, options, false));
+    if (!ep.is_abstract()) {
+        struct stat sb {};
+        if (::stat(path.c_str(), &sb) == 0) st->unix_file = std::pair(sb.st_dev, sb.st_ino);
+    }
     server srv(st);
     detail::start_listeners(st);
     co_return srv;

@@ -129,6 +129,63 @@ TEST_CASE("host \"\" listens on 0.0.0.0 and :: on the same port") {
     }());
 }
 
+TEST_CASE("start_server with a list of hosts listens on every address on one port") {
+    std::size_t fds = test::open_fds();
+    run_bounded([]() -> ringio::task<> {
+        std::vector<std::string> hosts;  // (built before the co_await: no braced list in a coroutine)
+        hosts.push_back("127.0.0.1");
+        hosts.push_back("::1");
+        auto srv = co_await ringio::start_server(echo, hosts, 0);
+        REQUIRE(srv.sockets().size() == 2);
+        CHECK(srv.port() != 0);
+        std::set<std::string> addresses;
+        for (const ringio::socket& s : srv.sockets()) {
+            ringio::endpoint ep = s.local_endpoint();
+            CHECK(ep.port() == srv.port());  // port 0: the first socket's port for all
+            addresses.insert(ep.address().to_string());
+        }
+        CHECK(addresses == std::set<std::string>{"127.0.0.1", "::1"});
+        co_await echo_once(srv.port(), "127.0.0.1");
+        co_await echo_once(srv.port(), "::1");
+        srv.close();
+        co_await srv.wait_closed();
+
+        // An address named twice gets one socket; a fixed port is used for every address.
+        std::uint16_t port = closed_port();
+        hosts.push_back("127.0.0.1");
+        hosts.push_back("[::1]");
+        auto fixed = co_await ringio::start_server(echo, hosts, port);
+        CHECK(fixed.sockets().size() == 2);
+        for (const ringio::socket& s : fixed.sockets()) CHECK(s.local_endpoint().port() == port);
+        co_await echo_once(port, "::1");
+        co_await echo_once(port, "127.0.0.1");
+        fixed.close();
+        co_await fixed.wait_closed();
+
+        // Every host must get a socket: an address this machine does not have is an error, and
+        // the sockets already bound for the others are closed.
+        hosts.clear();
+        hosts.push_back("127.0.0.1");
+        hosts.push_back("192.0.2.1");  // TEST-NET-1: on no interface here
+        auto e = co_await thrown<std::system_error>(ringio::start_server(echo, hosts, 0));
+        REQUIRE(e);
+        CHECK(e->code().value() == EADDRNOTAVAIL);
+        CHECK(contains(e->what(), "192.0.2.1"));
+        // A wildcard and a specific address of its family collide (as in asyncio).
+        hosts.clear();
+        hosts.push_back("0.0.0.0");
+        hosts.push_back("127.0.0.1");
+        e = co_await thrown<std::system_error>(ringio::start_server(echo, hosts, 0));
+        REQUIRE(e);
+        CHECK(e->code().value() == EADDRINUSE);
+        // No host at all.
+        e = co_await thrown<std::system_error>(ringio::start_server(echo, std::vector<std::string>(), 0));
+        REQUIRE(e);
+        CHECK(e->code().value() == EADDRNOTAVAIL);
+    }());
+    CHECK(test::open_fds() == fds);
+}
+
 TEST_CASE("close() + wait_closed() with connected clients; close_clients() ends them gracefully") {
     std::size_t fds = test::open_fds();
     run_bounded([]() -> ringio::task<> {
@@ -589,6 +646,42 @@ TEST_CASE("Unix server: a stale socket file is replaced and removed on close") {
             abs.close();
             co_await abs.wait_closed();
         }
+    }(path));
+    ::unlink(path.c_str());
+    ::rmdir(dir.c_str());
+    CHECK(test::open_fds() == fds);
+}
+
+TEST_CASE("Unix server: close() leaves a socket file that another server has bound since") {
+    // Server A's file is removed and server B binds the same path: A's close() must not remove
+    // B's file (asyncio 3.13 compares the inode too), and B goes on accepting.
+    std::size_t fds = test::open_fds();
+    char tmpl[] = "/tmp/ringio-srv-XXXXXX";
+    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    const std::string dir = tmpl;
+    const std::string path = dir + "/s.sock";
+    run_bounded([](std::string file) -> ringio::task<> {
+        auto a = co_await ringio::start_unix_server(echo, file);
+        REQUIRE(::unlink(file.c_str()) == 0);
+        auto b = co_await ringio::start_unix_server(echo, file);
+        struct stat before {};
+        REQUIRE(::stat(file.c_str(), &before) == 0);
+        a.close();
+        co_await a.wait_closed();
+        struct stat after {};
+        CHECK(::stat(file.c_str(), &after) == 0);
+        CHECK(after.st_ino == before.st_ino);
+        {
+            auto [r, w] = co_await ringio::open_unix_connection(file);
+            w.write("b\n");
+            CHECK(co_await r.read_line() == "b\n");
+            w.close();
+            co_await w.wait_closed();
+        }
+        // B's own close removes it.
+        b.close();
+        co_await b.wait_closed();
+        CHECK(::stat(file.c_str(), &after) != 0);
     }(path));
     ::unlink(path.c_str());
     ::rmdir(dir.c_str());

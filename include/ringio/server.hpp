@@ -86,8 +86,22 @@ private:
 task<server> start_server(connection_handler handler, std::string host, std::uint16_t port,
                           server_options options = {});
 
+/// Listens on every address of every host in `hosts` (asyncio.start_server with a sequence of
+/// hosts), all on one port: with port 0, the port the first socket got. The hosts are resolved
+/// concurrently; an address named twice (by two hosts, or "localhost" and "127.0.0.1") gets one
+/// socket. With more than one address, an IPv6 socket is IPV6_V6ONLY. Each host must get at
+/// least one socket: an address family the machine lacks is skipped only for a host that has
+/// addresses of another. Throws std::system_error (EADDRINUSE, for instance for "0.0.0.0" and
+/// "127.0.0.1" together: the wildcard already holds the port) if binding fails, EADDRNOTAVAIL
+/// for an empty list, resolve_error for a host that does not resolve.
+/// Pass a std::vector built before the co_await: a braced list of strings would be ambiguous
+/// with the one-host form, and GCC 12 miscompiles an initializer_list inside a coroutine.
+task<server> start_server(connection_handler handler, std::vector<std::string> hosts, std::uint16_t port,
+                          server_options options = {});
+
 /// The same on a Unix socket path ('@name' for an abstract one). A stale socket file left at
-/// the path is replaced; the file is removed when the server closes.
+/// the path is replaced. close() removes the file, unless it is no longer the one this server
+/// bound (same device and inode; another server may own the path by then, as in asyncio 3.13).
 task<server> start_unix_server(connection_handler handler, std::string path, server_options options = {});
 
 }  // namespace ringio

@@ -18,6 +18,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "ringio/endpoint.hpp"
 #include "ringio/socket.hpp"
@@ -172,14 +173,40 @@ struct connect_options {
     std::optional<endpoint> local_address;             // bind before connecting
     std::optional<std::chrono::nanoseconds> timeout;   // per address tried
     bool nodelay = true;                               // TCP_NODELAY, as asyncio
+    /// Happy eyeballs (RFC 8305; asyncio's happy_eyeballs_delay, which suggests 250 ms). Unset:
+    /// the addresses are tried one after another, each once the previous has failed. Set: the
+    /// next attempt also starts when the previous one has not connected within this delay, so
+    /// that an address that never answers costs only the delay; the attempts then run side by
+    /// side, the first to connect wins and the others are cancelled and their sockets closed.
+    std::optional<std::chrono::nanoseconds> happy_eyeballs_delay{};
+    /// asyncio's interleave: the addresses are reordered by family, this many of the first
+    /// family first, then one of each family in turn ([a1 a2 b1 b2] -> [a1 b1 a2 b2] with 1);
+    /// 0 keeps the order. Unset: 1 with happy_eyeballs_delay, 0 without (as asyncio).
+    std::optional<std::size_t> interleave{};
 };
 
-/// Connects to host:port (asyncio.open_connection). Each resolved address is tried in turn;
-/// the first that connects wins. If none does, std::system_error lists every attempt
-/// ("connect to 127.0.0.1:1: Connection refused; connect to [::1]:1: ..."); a name that does
-/// not resolve throws resolve_error; a connect that exceeds options.timeout counts as failed
-/// with ETIMEDOUT. Cancel safety: safe; no socket is left open.
+/// Connects to host:port (asyncio.open_connection). The resolved addresses (reordered by
+/// options.interleave) are tried in turn, or staggered with options.happy_eyeballs_delay; the
+/// first that connects wins. An address whose socket cannot even be made (EAFNOSUPPORT,
+/// EMFILE) counts as a failed attempt, and the next one is tried.
+/// Errors: if every attempt fails, std::system_error carrying the errno of the last address
+/// tried; what() names every address once and each errno's text once, the addresses that
+/// failed alike together and the last one's errno at the end ("ringio: connect to [::1]:1,
+/// 127.0.0.1:1: Connection refused"; "ringio: connect to [::1]:80 (socket()): Address family
+/// not supported by protocol; 127.0.0.1:80: Connection timed out"). A connect that exceeds
+/// options.timeout counts as failed with ETIMEDOUT. A name that does not resolve throws
+/// resolve_error.
+/// Cancel safety: safe. Cancelling it cancels every attempt in progress and waits until each
+/// has ended and closed its socket; no socket is left open.
 task<std::pair<stream_reader, stream_writer>> open_connection(std::string host, std::uint16_t port,
+                                                              connect_options options = {});
+
+/// Connects to the first of `addresses` that accepts, tried as open_connection(host, port)
+/// tries the addresses a name resolves to: for addresses resolved beforehand, or a list of
+/// one's own (IP or Unix endpoints). Throws std::invalid_argument if the list is empty;
+/// otherwise as open_connection(host, port). (Build the vector before the co_await: a braced
+/// list inside a coroutine is an initializer_list, which GCC 12 miscompiles there.)
+task<std::pair<stream_reader, stream_writer>> open_connection(std::vector<endpoint> addresses,
                                                               connect_options options = {});
 
 /// Connects to a Unix socket path ('@name' for an abstract one).
