@@ -74,11 +74,6 @@ struct read_guard {
     read_guard& operator=(const read_guard&) = delete;
 };
 
-std::string take(detail::byte_buffer& b, std::size_t n) {
-    std::string out(b.view().substr(0, n));
-    b.consume(out.size());
-    return out;
-}
 }  // namespace
 
 stream_reader::stream_reader(detail::stream_state* s) noexcept : s_(s) {}
@@ -103,7 +98,7 @@ task<std::string> do_read(detail::stream_state* s, std::size_t n) {
         co_return more ? s->take(n) : std::string();
     }
     if (s->rbuf.empty() && !co_await s->fill(n)) co_return std::string();
-    co_return take(s->rbuf, n);
+    co_return s->rbuf.take(n);
 }
 
 task<std::string> do_read_all(detail::stream_state* s, std::size_t max_size) {
@@ -175,7 +170,7 @@ task<std::string> do_read_exactly(detail::stream_state* s, std::size_t n) {
             throw incomplete_read_error(std::move(partial), n);
         }
     }
-    co_return take(b, n);
+    co_return b.take(n);
 }
 
 task<> do_read_exactly_into(detail::stream_state* s, std::span<std::byte> buf) {

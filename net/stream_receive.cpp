@@ -132,11 +132,7 @@ std::size_t stream_state::take_into(std::span<std::byte> buf) noexcept {
 }
 
 std::string stream_state::take(std::size_t n) {
-    if (!rbuf.empty()) {
-        std::string out(rbuf.view().substr(0, n));
-        rbuf.consume(out.size());
-        return out;
-    }
+    if (!rbuf.empty()) return rbuf.take(n);
     std::string out(std::min(n, buffered()), '\0');
     copy_received(std::as_writable_bytes(std::span(out)));
     return out;

@@ -7,6 +7,7 @@
 #include <optional>
 #include <memory>
 #include <netinet/in.h>
+#include <string>
 #include <system_error>
 #include <vector>
 
@@ -31,6 +32,13 @@ public:
     [[nodiscard]] const std::byte* data() const noexcept { return data_.get() + begin_; }
     [[nodiscard]] std::string_view view() const noexcept {
         return {reinterpret_cast<const char*>(data()), size()};
+    }
+
+    /// Removes and returns up to n bytes from the front.
+    std::string take(std::size_t n) {
+        std::string out(view().substr(0, n));
+        consume(out.size());
+        return out;
     }
 
     void consume(std::size_t n) noexcept {
@@ -100,6 +108,34 @@ struct stream_buffers_back : buffer_waiter {};
 struct stream_reader_wait : suspension {};
 
 class stream_state : stream_recv_request, stream_send_request, stream_buffers_back, stream_reader_wait {
+    enum class send_kind : std::uint8_t { send, shutdown, nop };
+    /// write_eof()'s progress: FIN not asked for, asked for (after the buffered data), sent.
+    enum class fin : std::uint8_t { none, requested, sent };
+
+public:
+    /// open -> closing (close() or abort(): reading stops at once, writing flushes unless
+    /// aborted) -> closed (the fd is closed, every operation on it has completed).
+    enum class phase : std::uint8_t { open, closing, closed };
+
+private:
+    // Layout: every idle connection pays for every byte here. The one-byte fields come first,
+    // so that they fill the tail padding of the reader's suspension (a base); the four-byte
+    // fields below sit in pairs (no padding holes).
+    std::uint8_t chunk_head_ = 0;
+    std::uint8_t chunk_count_ = 0;
+    phase phase_ = phase::open;
+    bool armed_ = false;         // the receive is queued or in the kernel
+    bool eof_received_ = false;  // the kernel reported the peer's FIN
+    bool eof_ = false;           // a reader was given EOF
+    bool reading_ = false;       // a read call is in progress (one at a time)
+    bool spill_on_arrival_ = false;  // the waiting read wants the received buffers in rbuf
+    send_kind kind_ = send_kind::nop;  // of the send in flight
+    bool send_queued_ = false;   // the send request is queued or in flight (holds a reference)
+    fin fin_ = fin::none;
+    bool aborted_ = false;
+
+
+public:
 public:
     stream_state(socket s, std::size_t limit);
     stream_state(const stream_state&) = delete;
@@ -147,9 +183,6 @@ public:
     [[nodiscard]] std::size_t write_buffered() const noexcept { return pending_.size() + sending_.size() - send_off_; }
 
     // ---- the stream's life ----
-    /// open -> closing (close() or abort(): reading stops at once, writing flushes unless
-    /// aborted) -> closed (the fd is closed, every operation on it has completed).
-    enum class phase : std::uint8_t { open, closing, closed };
     [[nodiscard]] bool is_closing() const noexcept { return phase_ != phase::open; }
     [[nodiscard]] bool is_closed() const noexcept { return phase_ == phase::closed; }
 
@@ -203,9 +236,6 @@ private:
     [[nodiscard]] bool recv_done() const noexcept { return eof_received_ || recv_error_ != 0 || phase_ != phase::open; }
     void stop_receiving() noexcept;
 
-    enum class send_kind : std::uint8_t { send, shutdown, nop };
-    /// write_eof()'s progress: FIN not asked for, asked for (after the buffered data), sent.
-    enum class fin : std::uint8_t { none, requested, sent };
     void queue_send();
     void on_sent(int res) noexcept;
     void wake_drainer() noexcept;
@@ -213,29 +243,16 @@ private:
     void finish_close() noexcept;
     static void on_socket_idle(void* self) noexcept;
 
-    // Layout: every idle connection pays for every byte here, so the one-byte fields sit
-    // together, and the four-byte fields in pairs (no padding holes).
-    std::uint8_t chunk_head_ = 0;
-    std::uint8_t chunk_count_ = 0;
-    phase phase_ = phase::open;
-    bool armed_ = false;         // the receive is queued or in the kernel
-    bool eof_received_ = false;  // the kernel reported the peer's FIN
-    bool eof_ = false;           // a reader was given EOF
-    bool reading_ = false;       // a read call is in progress (one at a time)
-    bool spill_on_arrival_ = false;  // the waiting read wants the received buffers in rbuf
-    send_kind kind_ = send_kind::nop;  // of the send in flight
-    bool send_queued_ = false;   // the send request is queued or in flight (holds a reference)
-    fin fin_ = fin::none;
-    bool aborted_ = false;
-
     std::shared_ptr<buffer_ring> bufs_;  // null: one receive per read, into rbuf or the caller's memory
-    std::array<chunk, max_chunks> chunks_{};
+    union {
+        std::array<chunk, max_chunks> chunks_{};  // with the ring
+        io_request* direct_recv_;                 // without: the receive in flight, for close()
+    };
     std::uint32_t recycled_mark_ = 0;  // the ring's recycled() when the receive was submitted
     int recv_error_ = 0;
     std::uint32_t refs_ = 0;
     int write_errno_ = 0;  // a send failed: every later write()/drain() throws it
     loop_core* loop_;
-    io_request* direct_recv_ = nullptr;  // without the ring: the receive in flight, for close()
 
     std::vector<std::byte> sending_;  // owned by the kernel while a send is in flight
     std::vector<std::byte> pending_;  // appended to by write()
