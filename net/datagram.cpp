@@ -150,7 +150,11 @@ public:
             if (recv_waiter* w = waiters.front())
                 deliver(w, bid, static_cast<unsigned>(res));
             else
-                ready.push_back({bid, static_cast<unsigned>(res)});
+                try {
+                    ready.push_back({bid, static_cast<unsigned>(res)});
+                } catch (const std::bad_alloc&) {  // (a completion must not throw)
+                    ring->recycle(bid);  // no memory to queue it: dropped, as a full socket buffer would
+                }
         } else if (res < 0 && res != -ENOBUFS && res != -ECANCELED) {
             // An error for the socket (ICMP port unreachable on a connected endpoint, ...):
             // the first waiter gets it, or the next receive does.

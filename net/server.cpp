@@ -282,10 +282,16 @@ void start_listeners(const std::shared_ptr<server_state>& st) {
         };
         l->req.complete = [](io_request* r, int res, std::uint32_t flags) noexcept {
             listener* li = static_cast<listener::accept_request*>(r)->l;
-            if (res >= 0)
-                li->ready.push_back(res);
-            else
+            if (res >= 0) {
+                try {
+                    li->ready.push_back(res);
+                } catch (const std::bad_alloc&) {  // (a completion must not throw)
+                    ::close(res);  // no memory for this connection: refused, as by the kernel
+                    li->error = -ENOMEM;
+                }
+            } else {
                 li->error = res;
+            }
             bool done = !(flags & IORING_CQE_F_MORE);
             li->wake();
             if (done) {
