@@ -1,12 +1,15 @@
 // chat_server (examples/chat_server.cpp) run as a child process and driven over TCP on
-// 127.0.0.1: the chat contract of DESIGN.md section 7, with its slow consumers (a stalled reader
-// is dropped after the stall limit, holding up the talkers until then; memory stays bounded).
-// Every wait is bounded, so a broken server fails the test instead of hanging it.
+// 127.0.0.1: the chat contract of DESIGN.md section 7, with its slow consumers (fast readers are
+// never dropped, talkers are slowed instead; a stalled reader is dropped after the stall limit;
+// memory stays bounded), on one loop and across loops (--threads 2). Some clients are Python
+// processes with the plain socket module (skipped without /usr/bin/python3). Every wait is
+// bounded, so a broken server fails the test instead of hanging it.
 #include <doctest/doctest.h>
 
 #include <ringio/ringio.hpp>
 
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -212,6 +215,60 @@ ringio::task<> sample_peak_memory(pid_t pid, std::size_t& peak, const bool& stop
     }
 }
 
+constexpr const char* python = "/usr/bin/python3";
+
+/// A chat client in Python with the plain socket module, run as `python3 -c fast_reader_py PORT
+/// NAME COUNT SIZE RCVBUF CHUNK`: it says "/nick NAME" and "hello", then reads as fast as it
+/// can, recv(CHUNK) after recv(CHUNK), until it has COUNT lines "talker: " +
+/// numbered_line(i, SIZE) (lines from others are skipped); then it says "done" and prints
+/// "received COUNT lines". RCVBUF > 0 fixes its socket's receive buffer (SO_RCVBUF, before
+/// connecting). A line that differs, EOF, a reset or 30 s of silence end it with status 1 and
+/// the reason on stderr.
+constexpr const char* fast_reader_py = R"(
+import socket, sys
+port, name, (count, size, rcvbuf, chunk) = int(sys.argv[1]), sys.argv[2], (int(a) for a in sys.argv[3:7])
+base = "abcdefghijklmnopqrstuvwxyz" * (size // 26 + 2)
+def expected(i):
+    return f"talker: {i:08d}{base[i % 26:i % 26 + size - 8]}".encode()
+s = socket.socket()
+if rcvbuf > 0:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+s.settimeout(30)
+s.connect(("127.0.0.1", port))
+s.sendall(f"/nick {name}\nhello\n".encode())
+rest, n = b"", 0
+try:
+    while n < count:
+        data = s.recv(chunk)
+        if not data:
+            sys.exit(f"disconnected after {n} lines")
+        lines = (rest + data).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            if not line.startswith(b"talker: "):
+                continue
+            if n < count and line != expected(n):
+                sys.exit(f"line {n} differs: {line[:60]!r}")
+            n += 1
+except (ConnectionResetError, socket.timeout) as e:
+    sys.exit(f"{e!r} after {n} lines")
+s.sendall(b"done\n")
+print(f"received {n} lines", flush=True)
+)";
+
+/// How a Python reader reads: its receive buffer (0: as the system sizes it) and recv() size.
+struct reader_socket {
+    int rcvbuf = 0;
+    std::size_t chunk = 0;
+};
+
+std::unique_ptr<child> start_fast_reader(std::uint16_t port, const std::string& name, std::size_t count,
+                                         std::size_t size, reader_socket how) {
+    return std::make_unique<child>(std::vector<std::string>{python, "-c", fast_reader_py, std::to_string(port), name,
+                                                            std::to_string(count), std::to_string(size),
+                                                            std::to_string(how.rcvbuf), std::to_string(how.chunk)});
+}
+
 /// The server disconnected the client `name` as stalled (its message on stderr).
 bool disconnected_as_stalled(child& server, const std::string& name) {
     return server.stderr_text().find("disconnecting " + name + ": it took nothing") != std::string::npos;
@@ -314,6 +371,56 @@ TEST_CASE("chat_server: SIGINT closes the connections and exits with status 0 wi
     }(srv));
 }
 
+TEST_CASE("chat_server: clients reading as fast as they can get all 20,000 lines of 1 KiB of a talker sending as fast as it can") {
+    if (::access(python, X_OK) != 0) {
+        MESSAGE("skipped: no ", python);
+        return;
+    }
+    server_process srv(RINGIO_CHAT_SERVER);
+    ringio::run([](server_process& s) -> ringio::task<> {
+        constexpr std::size_t count = 20000;
+        constexpr std::size_t size = 1024;
+        connection talker = co_await connect_to(s.port);
+        talker.second.write("/nick talker\n");
+        // Two Python readers at once. Loopback's receive buffers grow to megabytes for a fast
+        // reader, so how far one falls behind (and whether a server without backpressure drops
+        // it) depends on the load of the machine: reader1 has a fixed 64 KiB buffer (a client
+        // across a real network has less in flight than loopback) and Python's usual
+        // recv(4096); reader2 takes up to 1 MiB at a time from a buffer the system sizes.
+        std::unique_ptr<child> reader1 = start_fast_reader(s.port, "reader1", count, size, {64 * 1024, 4096});
+        std::unique_ptr<child> reader2 = start_fast_reader(s.port, "reader2", count, size, {0, 1 << 20});
+        // The readers' hellos reach the talker: every handler is in the room (the talker's
+        // started first).
+        std::set<std::string> hellos;
+        for (int i = 0; i < 2; ++i) hellos.insert(co_await read_line_within(talker.first, 10s));
+        CHECK(hellos == std::set<std::string>{"reader1: hello\n", "reader2: hello\n"});
+
+        auto start = steady::now();
+        co_await send_numbered_lines(talker.second, 0, count, size);
+        auto sent = steady::now() - start;
+        bool all_received = true;
+        for (child* reader : {reader1.get(), reader2.get()}) {
+            std::optional<int> status = co_await ringio::to_thread([&] { return reader->wait(60s); });
+            INFO("reader's stderr: ", reader->stderr_text());
+            INFO("server's stderr: ", s.proc.stderr_text());
+            CHECK_MESSAGE(exited_with(status, 0), describe_status(status));
+            std::string out = reader->read_all(5s).value_or("");
+            CHECK(out == fmt::format("received {} lines\n", count));
+            all_received = all_received && exited_with(status, 0);
+        }
+        auto received = steady::now() - start;
+        REQUIRE(all_received);
+        // Still connected after all of it: their "done" comes through.
+        std::set<std::string> dones;
+        for (int i = 0; i < 2; ++i) dones.insert(co_await read_line_within(talker.first, 5s));
+        CHECK(dones == std::set<std::string>{"reader1: done\n", "reader2: done\n"});
+        MESSAGE(fmt::format("{} lines of {} bytes: sent in {:.2f} s, all received in {:.2f} s", count, size,
+                            seconds(sent), seconds(received)));
+        co_await close_connection(talker);
+    }(srv));
+    srv.stop_with(SIGTERM);
+}
+
 TEST_CASE("chat_server: a client that stops reading is disconnected after the stall limit, holding up nobody longer; memory stays bounded") {
     server_process srv(RINGIO_CHAT_SERVER);
     ringio::run([](server_process& s) -> ringio::task<> {
@@ -376,6 +483,41 @@ TEST_CASE("chat_server: a client that stops reading is disconnected after the st
     srv.stop_with(SIGTERM);
 }
 
+TEST_CASE("chat_server: SIGINT while a stalled client holds up a talker exits with status 0 within a second") {
+    server_process srv(RINGIO_CHAT_SERVER);
+    ringio::run([](server_process& s) -> ringio::task<> {
+        std::vector<connection> cs = co_await join_chat(s.port, 2);
+        connection& talker = cs[0];
+        connection& stalled = cs[1];  // never reads
+        // The talker sends until the server stops taking its lines: the stalled client's
+        // buffers and outbox are full, and the talker's handler waits for room in it.
+        constexpr std::size_t size = 16 * 1024;
+        const std::size_t batch = 64;
+        bool held = false;
+        for (std::size_t i = 0; i < 4096 && !held; i += batch) {  // 64 MiB at most
+            talker.second.write(numbered_lines(i, batch, size));
+            try {
+                co_await ringio::wait_for(talker.second.drain(), 300ms);
+            } catch (const ringio::timeout_error&) {
+                held = true;
+            }
+        }
+        REQUIRE(held);
+        CHECK_FALSE(disconnected_as_stalled(s.proc, name_of(stalled)));  // within the stall limit
+
+        auto start = steady::now();
+        s.proc.signal(SIGINT);
+        std::optional<int> status = co_await ringio::to_thread([&] { return s.proc.wait(1s); });
+        auto took = steady::now() - start;
+        INFO("stderr: ", s.proc.stderr_text());
+        CHECK_MESSAGE(exited_with(status, 0), describe_status(status));
+        CHECK(took < 1s);
+        MESSAGE(fmt::format("exited {:.3f} s after SIGINT", seconds(took)));
+        talker.second.abort();
+        stalled.second.abort();
+    }(srv));
+}
+
 // ---- --threads N: several loops behind one port ----------------------------------------------
 
 TEST_CASE("chat_server --threads 2: lines go between clients of different loops") {
@@ -408,6 +550,57 @@ TEST_CASE("chat_server --threads 2: lines go between clients of different loops"
     CHECK(per_loop[0] + per_loop[1] == n);
     CHECK(per_loop[0] > 0);
     CHECK(per_loop[1] > 0);
+}
+
+TEST_CASE("chat_server --threads 2: backpressure across loops: fast readers get every line, stalled clients are disconnected") {
+    threaded_server srv(RINGIO_CHAT_SERVER, 2);
+    // A talker, fast readers, and two clients that never read. With 12 readers, some are on the
+    // other loop than the talker but for a 1 in 2^12 chance.
+    constexpr std::size_t clients = 1 + 12 + 2;
+    ringio::run([](threaded_server& s, std::size_t n) -> ringio::task<> {
+        const std::size_t readers = n - 3;
+        // 12 MB to each reader: more than a stalled client's socket buffers take before it stalls.
+        constexpr std::size_t count = 6000;
+        constexpr std::size_t size = 2048;
+        std::vector<std::unique_ptr<chat_client>> cs = co_await connect_chat_clients(s.port, n);
+        bool synced = co_await sync_chat(cs);
+        REQUIRE(synced);
+        // From here on the readers' streams are read by receive_numbered_lines, the stalled
+        // clients' by nobody.
+        for (auto& cl : cs) {
+            cl->reader.cancel();
+            co_await ringio::wait_for(cl->reader, 5s);
+        }
+        chat_client& talker = *cs[0];
+        std::string prefix = name_of(talker.c) + ": ";
+        std::vector<ringio::task<receipt>> receiving;
+        for (std::size_t k = 1; k <= readers; ++k)
+            receiving.push_back(receive_numbered_lines(cs[k]->c.first, prefix, count, size));
+        auto all_received = ringio::create_task(ringio::gather(std::move(receiving)));
+        auto start = steady::now();
+        co_await send_numbered_lines(talker.c.second, 0, count, size);
+        auto sent = steady::now() - start;
+        std::vector<receipt> got = co_await all_received;
+
+        INFO("server's stderr: ", s.proc.stderr_text());
+        steady::duration longest{};
+        for (std::size_t k = 0; k < readers; ++k) {
+            CHECK_MESSAGE(got[k].in_order == count, "reader ", k + 1, ": ", got[k].trouble);
+            longest = std::max(longest, got[k].longest_wait);
+        }
+        // The two stalls overlapped: the talker was held up about one stall limit, not two.
+        CHECK(longest < stall_limit + 2s);
+        for (std::size_t k = readers + 1; k < n; ++k) CHECK(disconnected_as_stalled(s.proc, name_of(cs[k]->c)));
+        MESSAGE(fmt::format("{} x {} lines of {} bytes sent in {:.2f} s; a reader's longest wait {:.2f} s", readers,
+                            count, size, seconds(sent), seconds(longest)));
+        for (std::size_t k = 0; k <= readers; ++k) co_await close_connection(cs[k]->c);
+        for (std::size_t k = readers + 1; k < n; ++k) cs[k]->c.second.abort();
+    }(srv, clients));
+    test::stop_with(srv.proc, SIGTERM);
+    std::vector<std::size_t> per_loop = srv.connections_per_loop();
+    REQUIRE(per_loop.size() == 2);
+    CHECK(per_loop[0] + per_loop[1] == clients);
+    MESSAGE("connections per loop: ", per_loop[0], " ", per_loop[1]);
 }
 
 #endif
