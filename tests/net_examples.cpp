@@ -1,6 +1,7 @@
 // The example programs (examples/echo_server, echo_client, chat_server), run as child processes
-// and driven over TCP on 127.0.0.1: they keep the contracts of DESIGN.md section 7. Every wait
-// is bounded, so a broken example fails the test instead of hanging it.
+// and driven over TCP on 127.0.0.1: they keep the contracts of DESIGN.md section 7 (chat_server's
+// own tests are in net_chat.cpp). Every wait is bounded, so a broken example fails the test
+// instead of hanging it.
 #include <doctest/doctest.h>
 
 #include <ringio/ringio.hpp>
@@ -12,10 +13,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
-#include <cstring>
-#include <memory>
 #include <optional>
-#include <set>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -26,6 +24,7 @@
 #include <fmt/ranges.h>
 
 #include "child_process.hpp"
+#include "example_clients.hpp"
 
 using namespace std::chrono_literals;
 using std::chrono::milliseconds;
@@ -45,63 +44,19 @@ namespace {
 using test::child;
 using test::describe_status;
 using test::exited_with;
-
-/// An example server started with --port 0, and the port it announced on its first line.
-struct server_process {
-    child proc;
-    std::uint16_t port = 0;
-
-    explicit server_process(const char* path) : proc({path, "--host", "127.0.0.1", "--port", "0"}) {
-        port = test::read_announced_port(proc, "listening on 127.0.0.1:");
-    }
-
-    /// Sends `sig` and checks that the server exits with status 0 within a second.
-    void stop_with(int sig) { test::stop_with(proc, sig); }
-};
-
-using connection = std::pair<ringio::stream_reader, ringio::stream_writer>;
-
-ringio::task<connection> connect_to(std::uint16_t port) {
-    co_return co_await ringio::wait_for(ringio::open_connection("127.0.0.1", port), 5s);
-}
-
-/// Everything until EOF (bounded in time).
-ringio::task<std::string> read_to_eof(ringio::stream_reader& r, std::chrono::seconds limit = 10s) {
-    co_return co_await ringio::wait_for(
-        [](ringio::stream_reader& rd) -> ringio::task<std::string> {
-            std::string all;
-            while (true) {
-                std::string chunk = co_await rd.read(65536);
-                if (chunk.empty()) co_return all;
-                all += chunk;
-            }
-        }(r),
-        limit);
-}
+// Connections to the example servers (example_clients.hpp).
+using test::close_connection;
+using test::connect_to;
+using test::connection;
+using test::read_to_eof;
+using test::server_process;
+using test::threaded_server;
 
 std::string pattern(std::size_t size, std::size_t seed) {
     std::string s(size, '\0');
     for (std::size_t i = 0; i < size; ++i) s[i] = static_cast<char>((seed * 131 + i * 7 + i / 251) & 0xff);
     return s;
 }
-
-/// Printable text without newlines, different for each seed.
-std::string letters(std::size_t size, std::size_t seed) {
-    std::string s(size, 'a');
-    for (std::size_t i = 0; i < size; ++i) s[i] = static_cast<char>('a' + (seed * 7 + i * 13 + i / 26) % 26);
-    return s;
-}
-
-ringio::task<std::string> read_line_within(ringio::stream_reader& r, std::chrono::milliseconds limit = 5s) {
-    co_return co_await ringio::wait_for(r.read_line(), limit);
-}
-
-ringio::task<> close_connection(connection& c) {
-    c.second.close();
-    co_await ringio::wait_for(c.second.wait_closed(), 5s);
-}
-
-std::string name_of(const connection& c) { return fmt::format("{}", c.second.sockname()); }
 
 /// One client of an echo server: `rounds` messages of 1 to max_size bytes, each echo checked
 /// byte for byte, then EOF both ways. Returns how many of the rounds + 1 checks passed.
@@ -324,276 +279,7 @@ TEST_CASE("echo_client: a corrupted echo exits with status 1 and names the byte"
     }());
 }
 
-// ---- chat_server ----------------------------------------------------------------------------
-
-namespace {
-
-/// Connects n clients, then makes sure the server has registered them all: connections are
-/// accepted and their handlers started in order, so once the others have received a line from
-/// the last one, every handler is in the room.
-ringio::task<std::vector<connection>> join_chat(std::uint16_t port, std::size_t n) {
-    std::vector<connection> cs;
-    for (std::size_t i = 0; i < n; ++i) cs.push_back(co_await connect_to(port));
-    cs.back().second.write("sync\n");
-    std::string expected = name_of(cs.back()) + ": sync\n";
-    for (std::size_t i = 0; i + 1 < n; ++i) CHECK(co_await read_line_within(cs[i].first) == expected);
-    co_return cs;
-}
-
-}  // namespace
-
-TEST_CASE("chat_server: a line goes to every other client as 'ip:port: text', then under its /nick") {
-    server_process srv(RINGIO_CHAT_SERVER);
-    ringio::run([](std::uint16_t port) -> ringio::task<> {
-        std::vector<connection> cs = co_await join_chat(port, 3);
-        connection& a = cs[0];
-        connection& b = cs[1];
-        connection& c = cs[2];
-        std::string name_a = name_of(a);
-        CHECK(name_a.starts_with("127.0.0.1:"));
-
-        a.second.write("hello from a\n");
-        CHECK(co_await read_line_within(b.first) == name_a + ": hello from a\n");
-        CHECK(co_await read_line_within(c.first) == name_a + ": hello from a\n");
-        // A did not get its own line: the next line A reads is B's.
-        b.second.write("hello from b\r\n");  // CRLF is accepted as a line end
-        CHECK(co_await read_line_within(a.first) == name_of(b) + ": hello from b\n");
-        CHECK(co_await read_line_within(c.first) == name_of(b) + ": hello from b\n");
-
-        a.second.write("/nick alice\nhi, I am alice\n\n");
-        CHECK(co_await read_line_within(b.first) == "alice: hi, I am alice\n");
-        CHECK(co_await read_line_within(b.first) == "alice: \n");  // an empty line is a line too
-        CHECK(co_await read_line_within(c.first) == "alice: hi, I am alice\n");
-        CHECK(co_await read_line_within(c.first) == "alice: \n");
-
-        // A line of exactly the limit (64 KiB) is still fine.
-        std::string longest(64 * 1024, 'y');
-        c.second.write(longest + "\n");
-        std::string expected = name_of(c) + ": " + longest + "\n";  // longer than A's own limit
-        CHECK(co_await ringio::wait_for(a.first.read_exactly(expected.size()), 5s) == expected);
-
-        for (connection& x : cs) co_await close_connection(x);
-    }(srv.port));
-    srv.stop_with(SIGTERM);
-}
-
-TEST_CASE("chat_server: a too-long line gets 'error: line too long' and a disconnect; the others go on") {
-    server_process srv(RINGIO_CHAT_SERVER);
-    ringio::run([](std::uint16_t port) -> ringio::task<> {
-        std::vector<connection> cs = co_await join_chat(port, 3);
-        connection& a = cs[0];
-        connection& b = cs[1];
-        connection& c = cs[2];
-
-        a.second.write(std::string(70 * 1024, 'x'));  // no newline yet: past the limit already
-        co_await ringio::wait_for(a.second.drain(), 5s);
-        a.second.write("\nafter the long line\n");
-        CHECK(co_await read_line_within(a.first) == "error: line too long\n");
-        CHECK(co_await read_to_eof(a.first, 5s) == "");  // disconnected
-        co_await close_connection(a);
-
-        // B and C are unaffected: nothing of A's line reached them, and they still chat.
-        b.second.write("still here\n");
-        CHECK(co_await read_line_within(c.first) == name_of(b) + ": still here\n");
-        c.second.write("me too\n");
-        CHECK(co_await read_line_within(b.first) == name_of(c) + ": me too\n");
-
-        co_await close_connection(b);
-        co_await close_connection(c);
-    }(srv.port));
-    srv.stop_with(SIGTERM);
-}
-
-TEST_CASE("chat_server: a client that never reads does not hold up the others, and is disconnected") {
-    server_process srv(RINGIO_CHAT_SERVER);
-    ringio::run([](server_process& s) -> ringio::task<> {
-        std::vector<connection> cs = co_await join_chat(s.port, 3);
-        connection& a = cs[0];     // talks
-        connection& b = cs[1];     // reads everything at once
-        connection& slow = cs[2];  // never reads (until the end)
-        std::string name_a = name_of(a);
-        std::string name_slow = name_of(slow);
-
-        // Batches of 32 lines of 8 KiB: the slow client's socket buffers fill, then its queue
-        // of 256 lines; B must get every batch promptly all along.
-        constexpr std::size_t batch = 32;
-        bool dropped = false;
-        std::size_t batches = 0;
-        while (!dropped && batches < 200) {  // 50 MiB at most
-            std::string lines;
-            for (std::size_t i = 0; i < batch; ++i) lines += letters(8 * 1024, batches * batch + i) + "\n";
-            a.second.write(lines);
-            co_await ringio::wait_for(a.second.drain(), 5s);
-            auto start = steady::now();
-            for (std::size_t i = 0; i < batch; ++i) {
-                std::string got = co_await read_line_within(b.first, 5s);
-                std::string_view want(lines.data() + i * (8 * 1024 + 1), 8 * 1024 + 1);
-                REQUIRE(got == name_a + ": " + std::string(want));
-            }
-            CHECK(steady::now() - start < 2s);  // promptly, slow client or not
-            ++batches;
-            dropped = s.proc.stderr_text().find("disconnecting " + name_slow) != std::string::npos;
-        }
-        INFO("stderr: ", s.proc.stderr_text());
-        CHECK(dropped);
-        MESSAGE("slow client disconnected after ", batches, " batches of ", batch, " lines of 8 KiB");
-
-        // The slow client finds its connection ended: what was sent before, then EOF or a reset.
-        bool ended = false;
-        try {
-            std::string rest = co_await read_to_eof(slow.first, 10s);
-            ended = true;
-            CHECK(rest.size() < 64u << 20);
-        } catch (const std::system_error& e) {
-            ended = e.code().value() == ECONNRESET;
-        }
-        CHECK(ended);
-        slow.second.abort();
-
-        // The others go on.
-        a.second.write("still talking\n");
-        CHECK(co_await read_line_within(b.first) == name_a + ": still talking\n");
-        co_await close_connection(a);
-        co_await close_connection(b);
-    }(srv));
-    srv.stop_with(SIGTERM);
-}
-
-TEST_CASE("chat_server: SIGINT closes the connections and exits with status 0 within a second") {
-    server_process srv(RINGIO_CHAT_SERVER);
-    ringio::run([](server_process& s) -> ringio::task<> {
-        std::vector<connection> cs = co_await join_chat(s.port, 3);
-        cs[0].second.write("half a line");  // pending input must not keep the server alive
-        auto start = steady::now();
-        s.proc.signal(SIGINT);
-        std::optional<int> status = co_await ringio::to_thread([&] { return s.proc.wait(1s); });
-        auto took = steady::now() - start;
-        INFO("stderr: ", s.proc.stderr_text());
-        CHECK_MESSAGE(exited_with(status, 0), describe_status(status));
-        CHECK(took < 1s);
-        // The idle clients see a graceful close: EOF. The first one's half line may reach the
-        // server after it stopped reading, and closing a socket with unread input resets it
-        // (TCP's rule), so there a reset is fine too; either way the connection must end.
-        for (std::size_t i = 0; i < cs.size(); ++i) {
-            INFO("client ", i);
-            std::string rest;
-            int err = 0;
-            try {
-                rest = co_await read_to_eof(cs[i].first, 5s);
-            } catch (const std::system_error& e) {
-                err = e.code().value();
-            }
-            CHECK(rest == "");
-            CHECK_MESSAGE((err == 0 || (i == 0 && err == ECONNRESET)), std::strerror(err));
-            cs[i].second.abort();
-        }
-    }(srv));
-}
-
 // ---- --threads N: several loops behind one port ----------------------------------------------
-
-namespace {
-
-/// An example server started with --port 0 --threads N.
-struct threaded_server {
-    child proc;
-    std::uint16_t port = 0;
-
-    threaded_server(const char* path, int threads)
-        : proc({path, "--host", "127.0.0.1", "--port", "0", "--threads", std::to_string(threads)}) {
-        port = test::read_announced_port(proc, "listening on 127.0.0.1:");
-    }
-
-    /// The counts of "NAME: connections per loop: A B ..." (printed on stderr at exit).
-    std::vector<std::size_t> connections_per_loop() {
-        const std::string& err = proc.stderr_text();
-        std::vector<std::size_t> counts;
-        auto at = err.find("connections per loop:");
-        if (at == std::string::npos) return counts;
-        std::size_t i = at + std::strlen("connections per loop:");
-        while (i < err.size() && err[i] != '\n') {
-            if (err[i] == ' ') {
-                ++i;
-                continue;
-            }
-            std::size_t used = 0;
-            counts.push_back(std::stoul(err.substr(i), &used));
-            i += used;
-        }
-        return counts;
-    }
-};
-
-/// A chat client whose lines are read into a queue by a task of its own, so that a test can
-/// wait for a line with a time limit without cancelling a read half way through a line.
-struct chat_client {
-    connection c;
-    ringio::queue<std::string> lines;
-    ringio::task_handle<> reader;
-
-    explicit chat_client(connection conn) : c(std::move(conn)) {}
-};
-
-ringio::task<> read_lines_into(ringio::stream_reader& r, ringio::queue<std::string>& q) {
-    try {
-        while (true) {
-            std::string line = co_await r.read_line();
-            if (line.empty()) break;  // EOF
-            q.put_nowait(std::move(line));
-        }
-    } catch (const std::exception&) {  // reset, or cancelled at the end of the test
-    }
-    q.shutdown();
-}
-
-/// The next line a client received, or "" when none comes within `limit`.
-ringio::task<std::string> next_line(chat_client& cl, std::chrono::milliseconds limit) {
-    try {
-        co_return co_await ringio::wait_for(
-            [](ringio::queue<std::string>& q) -> ringio::task<std::string> { co_return co_await q.get(); }(cl.lines),
-            limit);
-    } catch (const ringio::timeout_error&) {
-        co_return std::string();
-    } catch (const ringio::queue_shutdown&) {
-        co_return std::string();
-    }
-}
-
-ringio::task<std::vector<std::unique_ptr<chat_client>>> connect_chat_clients(std::uint16_t port, std::size_t n) {
-    std::vector<std::unique_ptr<chat_client>> cs;
-    for (std::size_t i = 0; i < n; ++i) {
-        cs.push_back(std::make_unique<chat_client>(co_await connect_to(port)));
-        chat_client& cl = *cs.back();
-        cl.reader = ringio::create_task(read_lines_into(cl.c.first, cl.lines));
-    }
-    co_return cs;
-}
-
-/// Waits until every client is in its loop's room: with several loops, handlers start in no
-/// particular order across loops, so client 0 says "sync R" until every other client got one
-/// (a client not yet in its room misses a round, never a later one). Client 0 is in the room
-/// once anyone receives its line. Bounded: 50 rounds.
-ringio::task<bool> sync_chat(std::vector<std::unique_ptr<chat_client>>& cs) {
-    std::string name0 = name_of(cs[0]->c);
-    for (int round = 0; round < 50; ++round) {
-        std::string want = fmt::format("{}: sync {}\n", name0, round);
-        cs[0]->c.second.write(fmt::format("sync {}\n", round));
-        bool all = true;
-        for (std::size_t k = 1; k < cs.size(); ++k) {
-            bool got = false;
-            while (!got) {  // skips the lines of earlier rounds
-                std::string line = co_await next_line(*cs[k], 300ms);
-                if (line.empty()) break;
-                got = line == want;
-            }
-            all = all && got;
-        }
-        if (all) co_return true;
-    }
-    co_return false;
-}
-
-}  // namespace
 
 TEST_CASE("examples: --threads wants a number from 1") {
     for (const char* path : {RINGIO_ECHO_SERVER, RINGIO_CHAT_SERVER})
@@ -637,38 +323,6 @@ TEST_CASE("echo_server --threads 2: SIGINT with open and stuck connections exits
         CHECK(steady::now() - start < 1s);
         for (auto& c : cs) c.second.abort();
     }(srv));
-}
-
-TEST_CASE("chat_server --threads 2: lines go between clients of different loops") {
-    threaded_server srv(RINGIO_CHAT_SERVER, 2);
-    constexpr std::size_t n = 24;  // all on one loop: a 1 in 2^23 chance
-    ringio::run([](std::uint16_t port) -> ringio::task<> {
-        std::vector<std::unique_ptr<chat_client>> cs = co_await connect_chat_clients(port, n);
-        bool synced = co_await sync_chat(cs);
-        REQUIRE(synced);
-        // Everyone says something; everyone else hears all of it, whichever loop it is on.
-        for (std::size_t i = 0; i < n; ++i) cs[i]->c.second.write(fmt::format("line from {}\n", i));
-        for (std::size_t j = 0; j < n; ++j) {
-            std::set<std::string> want, got;
-            for (std::size_t i = 0; i < n; ++i)
-                if (i != j) want.insert(fmt::format("{}: line from {}\n", name_of(cs[i]->c), i));
-            for (std::size_t k = 0; k + 1 < n; ++k) got.insert(co_await next_line(*cs[j], 5s));
-            CHECK_MESSAGE(got == want, "client ", j);
-        }
-        // A line from one client reaches the others in the order sent.
-        for (int k = 0; k < 20; ++k) cs[n - 1]->c.second.write(fmt::format("seq {}\n", k));
-        std::string name = name_of(cs[n - 1]->c);
-        for (std::size_t j = 0; j + 1 < n; ++j)
-            for (int k = 0; k < 20; ++k) CHECK(co_await next_line(*cs[j], 5s) == fmt::format("{}: seq {}\n", name, k));
-        for (auto& cl : cs) co_await close_connection(cl->c);
-        for (auto& cl : cs) co_await ringio::wait_for(cl->reader, 5s);
-    }(srv.port));
-    test::stop_with(srv.proc, SIGTERM);
-    std::vector<std::size_t> per_loop = srv.connections_per_loop();
-    REQUIRE(per_loop.size() == 2);
-    CHECK(per_loop[0] + per_loop[1] == n);
-    CHECK(per_loop[0] > 0);
-    CHECK(per_loop[1] > 0);
 }
 
 #endif

@@ -7,6 +7,7 @@
 
 #include <malloc.h>
 #include <sys/resource.h>
+#include <sys/types.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -80,9 +81,12 @@ inline void trim_heap() {
 #endif
 }
 
-/// This process's resident set size (VmRSS), in bytes.
-inline std::size_t rss_bytes() {
-    std::FILE* f = std::fopen("/proc/self/status", "r");
+/// The resident set size (VmRSS) of this process, or of process `pid` (a server the test
+/// started), in bytes; 0 if unknown.
+inline std::size_t rss_bytes(pid_t pid = 0) {
+    char path[64] = "/proc/self/status";
+    if (pid > 0) std::snprintf(path, sizeof path, "/proc/%d/status", static_cast<int>(pid));
+    std::FILE* f = std::fopen(path, "r");
     if (!f) return 0;
     char line[256];
     std::size_t kib = 0;
