@@ -246,8 +246,13 @@ datagram_endpoint::~datagram_endpoint() {
     detail::socket_state* ss = st->sock.state_ptr();
     ss->idle_ctx = st;
     ss->idle_hook = [](void* p) noexcept { static_cast<detail::datagram_state*>(p)->maybe_free(); };
+    // TRICKY: a receive not submitted yet completes inside cancel_io, and its completion may
+    // run the idle hook that frees the state: pinned (as a receiver) until both cancels are out.
+    ++st->receivers;
     if (st->armed) st->loop->cancel_io(&st->recv_req);
     ss->cancel_all();
+    --st->receivers;
+    st->maybe_free();
 }
 
 namespace {

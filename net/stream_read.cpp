@@ -56,8 +56,6 @@ task<std::string> stream_state::read_until(std::string_view sep) {
     co_return out;
 }
 
-// ---- writing ----
-
 }  // namespace detail
 
 // ---- stream_reader ----

@@ -136,7 +136,6 @@ private:
 
 
 public:
-public:
     stream_state(socket s, std::size_t limit);
     stream_state(const stream_state&) = delete;
     stream_state& operator=(const stream_state&) = delete;

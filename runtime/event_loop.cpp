@@ -46,7 +46,7 @@ bool inbox::post(remote_item* item, bool user) noexcept {
     // with close(): either this post sees it, or close() waits for this post.
     posting_.fetch_add(1, std::memory_order_seq_cst);
     if (user && closed_.load(std::memory_order_seq_cst)) {
-        posting_.fetch_sub(1, std::memory_order_release);
+        posting_.fetch_sub(1, std::memory_order_seq_cst);
         return false;
     }
     remote_item* head = head_.load(std::memory_order_relaxed);
@@ -58,7 +58,7 @@ bool inbox::post(remote_item* item, bool user) noexcept {
         std::uint64_t one = 1;
         [[maybe_unused]] auto n = ::write(fd_, &one, sizeof one);
     }
-    posting_.fetch_sub(1, std::memory_order_release);
+    posting_.fetch_sub(1, std::memory_order_seq_cst);
     return true;
 }
 
@@ -80,7 +80,8 @@ void inbox::close() noexcept {
 }
 
 void inbox::quiesce() const noexcept {
-    while (posting_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+    // seq_cst, as the loads and stores it pairs with in post() and close().
+    while (posting_.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
 }
 
 // ---- setup ----
@@ -411,9 +412,11 @@ void loop_core::run_until(task_base* root) {
 
 void loop_core::shutdown() {
     // Like asyncio.run: cancel the Tasks that are left, each once (and Tasks started while the
-    // others unwind, on the next round), and run until all have finished. Work posted meanwhile
-    // runs too (it may start Tasks: round again), and every operation still in flight is
-    // cancelled and waited for, so that nothing the kernel may touch is freed.
+    // others unwind, on the next round), and run until all have finished; then cancel every
+    // operation still in flight and wait for it, so that nothing the kernel may touch is freed.
+    // Work posted meanwhile runs; if it started Tasks, round again. What is posted after the last
+    // round waits in the inbox for the next run, or for the destructor (which closes the inbox
+    // first, so a thread that keeps posting cannot keep a shutdown from ending).
     struct flag_request : io_request {
         bool* flag;
     };
@@ -426,10 +429,6 @@ void loop_core::shutdown() {
                 }
             });
             run_pass();
-        }
-        if (inbox_ready_ || inbox_->has_items()) {
-            drain_inbox();
-            if (live_count_ > 0) continue;
         }
         // Every task is done; what is still in flight or queued belongs to no one who will wait
         // for it (a background flush to a peer that does not read, say). Cancel all of it,
@@ -453,8 +452,9 @@ void loop_core::shutdown() {
         }
         stopping_ = false;
         if (failure_) std::rethrow_exception(std::exchange(failure_, nullptr));
-        // A post that arrived meanwhile (the wake-up read is gone, so look at the inbox itself).
-        if (live_count_ == 0 && !inbox_->has_items()) break;
+        // What was posted until now runs (the wake-up read is gone: look at the inbox itself).
+        drain_inbox();
+        if (live_count_ == 0 && ready_.empty() && overflow_.empty() && inflight_ == 0) break;
     }
 }
 

@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <system_error>
 #include <thread>
+#include <utility>
 
 #include "ringio/event.hpp"
 #include "ringio/log.hpp"
@@ -24,7 +25,8 @@ struct group_state {
         event_loop* loop = nullptr;
         // The loop's own thread only.
         task_handle<> main;
-        bool stop = false;  // cancel main as soon as it exists
+        bool stop = false;     // cancel main as soon as it exists
+        bool counted = false;  // its finish was counted (finished_one)
         event all_done;     // every fn of the group has returned
     };
 
@@ -53,8 +55,10 @@ struct group_state {
         }
     }
 
-    // Loop i's fn has returned: the last one tells every loop that all have.
+    // Loop i's fn has returned: the last one tells every loop that all have. Counted once per
+    // loop (a loop whose ring failed after its fn returned comes here twice).
     void finished_one(std::size_t i) {
+        if (std::exchange(slots[i].counted, true)) return;
         if (finished.fetch_add(1, std::memory_order_acq_rel) + 1 != n) return;
         for (std::size_t j = 0; j < n; ++j) {
             slot* s = &slots[j];

@@ -2,9 +2,20 @@
 
 #include "ringio/detail/suspension.hpp"
 
+#include <cstdio>
+#include <cstdlib>
+
+#include "ringio/log.hpp"
+
 namespace ringio {
 
 namespace {
+// Requests the running Task's cancellation again (it is running, so this only sets the bit).
+void loop_core_cancel_self() noexcept {
+    if (detail::loop_core* loop = detail::loop_core::current())
+        if (detail::task_base* t = loop->current_task()) t->cancel();
+}
+
 template <class Child, class Link>
 Child* child_of(Link* l) noexcept {
     return static_cast<Child*>(l);
@@ -12,6 +23,12 @@ Child* child_of(Link* l) noexcept {
 }  // namespace
 
 task_group::~task_group() {
+    if (waiter_) {
+        // Another Task is suspended in wait() on this group, whose memory goes now: that Task
+        // would resume into freed memory (wait() is a member). A lifetime bug in the caller.
+        std::fprintf(stderr, "ringio: task_group destroyed while a task is waiting in its wait()\n");
+        std::abort();
+    }
     // Children still running: cancel them and let them end on their own, without the group
     // (nothing of it may be touched after this). Never abort: this happens in ordinary
     // cancellation (the owner cancelled outside wait(), run() shutting down).
@@ -22,7 +39,16 @@ task_group::~task_group() {
         c->task->release();
         delete c;
     });
-    failed_.for_each([](group_link* l) { delete child_of<child>(l); });
+    // Failures nobody will report (wait() was not reached): logged, as a Task's would be.
+    failed_.for_each([](group_link* l) {
+        child* c = child_of<child>(l);
+        try {
+            log(log_level::error, "task_group destroyed before wait(): a child's exception was never retrieved: {}",
+                describe(c->error));
+        } catch (...) {  // (no memory to describe it)
+        }
+        delete c;
+    });
 }
 
 void task_group::adopt(child* c, detail::task_base* t) noexcept {
@@ -94,6 +120,9 @@ task<> task_group::wait() {
         }
     }
     if (!failed_.empty()) {
+        // The failures win over the caller's cancellation, which stays pending for its next
+        // suspension point (resume() consumed it): a cancellation is never lost.
+        if (cancelled) loop_core_cancel_self();
         std::vector<std::exception_ptr> errors;
         failed_.for_each([&errors](group_link* l) { errors.push_back(child_of<child>(l)->error); });
         failed_.for_each([](group_link* l) {

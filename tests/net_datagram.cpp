@@ -824,3 +824,33 @@ TEST_CASE("send on an unconnected endpoint is EDESTADDRREQ; a datagram too big i
         CHECK(text(buf, d) == "small");
     }());
 }
+
+TEST_CASE("destroying an endpoint whose receive is re-armed in the same pass frees it once (no use after free)") {
+    // The multishot receive ends with ENOBUFS (two buffers, four datagrams); a receive served
+    // from what is queued gives a buffer back and re-arms it; the endpoint then goes in the same
+    // pass, while that receive still waits to be submitted. Its cancel completes it at once, and
+    // that completion used to free the state under the destructor (seen by ASan).
+    std::size_t fds = test::open_fds();
+    ringio::run([]() -> ringio::task<> {
+        ringio::datagram_options o;
+        o.ring_buffers = 2;
+        o.max_datagram = 2000;
+        std::optional<ringio::datagram_endpoint> a(
+            co_await ringio::create_datagram_endpoint(ringio::endpoint::parse("127.0.0.1:0"), std::nullopt, o));
+        if (!a->multishot()) {
+            MESSAGE("no multishot receive here; skipped");
+            co_return;
+        }
+        auto b = co_await ringio::create_datagram_endpoint(std::nullopt, a->local_endpoint(), {});
+        std::array<std::byte, 2000> buf{};
+        std::string msg = "hello";
+        co_await b.send(msg);
+        CHECK((co_await a->recv_from(buf)).size == 5);  // armed
+        for (int i = 0; i < 4; ++i) co_await b.send(msg);
+        for (int i = 0; i < 5; ++i) co_await ringio::yield_now();  // the completions are reaped
+        CHECK((co_await a->recv_from(buf)).size == 5);  // from the queue: re-arms
+        a.reset();
+        co_await b.close();
+    }());
+    CHECK(test::open_fds() == fds);
+}

@@ -230,3 +230,38 @@ TEST_CASE("with_task_group: a failing child cancels the body too, and every fail
     }());
     CHECK(counted::live == 0);
 }
+
+TEST_CASE("task_group::wait cancelled while a child fails: task_group_error, and the cancellation stays pending") {
+    ringio::run([]() -> ringio::task<> {
+        ringio::event started;
+        bool second_cancel_seen = false;
+        auto owner = ringio::create_task([](ringio::event& st, bool& seen) -> ringio::task<> {
+            ringio::task_group g;
+            g.create_task([](ringio::event& ev) -> ringio::task<> {
+                ev.set();
+                try {
+                    co_await ringio::sleep(1h);
+                } catch (const ringio::cancelled_error&) {
+                    throw std::runtime_error("failed while cancelled");
+                }
+            }(st));
+            bool group_failed = false;
+            try {
+                co_await g.wait();
+            } catch (const ringio::task_group_error&) {
+                group_failed = true;
+            }
+            CHECK(group_failed);
+            try {
+                co_await ringio::yield_now();  // the cancellation was not lost
+            } catch (const ringio::cancelled_error&) {
+                seen = true;
+                throw;
+            }
+        }(started, second_cancel_seen));
+        co_await started.wait();  // the owner waits in g.wait(), the child sleeps
+        owner.cancel();
+        CHECK_THROWS_AS(co_await owner, ringio::cancelled_error);
+        CHECK(second_cancel_seen);
+    }());
+}

@@ -349,3 +349,25 @@ TEST_CASE("buffer-group ids are reused: 70,000 rings made and freed one after an
         co_await first.close();
     }());
 }
+
+TEST_CASE("run_until_complete returns although another thread keeps posting; the destructor ends too") {
+    std::atomic<bool> stop{false};
+    std::atomic<long> ran{0};
+    {
+        ringio::event_loop loop;
+        ringio::loop_handle h = loop.handle();
+        std::thread poster([&] {
+            for (long i = 0; i < 10'000'000 && !stop.load(); ++i) {
+                try {
+                    h.call_soon_threadsafe([&ran] { ++ran; });
+                } catch (const ringio::invalid_state_error&) {
+                    break;  // the loop is closed
+                }
+            }
+        });
+        loop.run_until_complete([]() -> ringio::task<> { co_await ringio::sleep(10ms); }());
+        stop = true;
+        poster.join();
+    }
+    CHECK(ran.load() > 0);
+}

@@ -7,6 +7,7 @@
 #include <sched.h>
 
 #include <atomic>
+#include <latch>
 #include <memory>
 #include <set>
 #include <stdexcept>
@@ -27,6 +28,16 @@ struct counted {
     counted(counted&& o) noexcept : v(o.v) { ++live; }
     ~counted() { --live; }
 };
+
+template <class Task>
+ringio::task<bool> test_thrown_timeout(Task t) {
+    try {
+        (void)co_await std::move(t);
+    } catch (const ringio::timeout_error&) {
+        co_return true;
+    }
+    co_return false;
+}
 
 }  // namespace
 
@@ -321,4 +332,47 @@ TEST_CASE("call_on to a loop that has stopped taking calls throws invalid_state_
     });
     CHECK(answered >= 1);
     CHECK(refused == 1);
+}
+
+TEST_CASE("a call_on reply that arrives after its caller's loop is gone is freed, with what it carries") {
+    std::weak_ptr<int> result;
+    std::latch caller_gone(1);
+    ringio::loop_handle target;
+    std::latch target_ready(1);
+    std::thread t([&] {
+        ringio::event_loop loop;
+        target = loop.handle();
+        target_ready.count_down();
+        loop.run_until_complete([](std::latch& gone) -> ringio::task<> {
+            // Keeps the target alive until the caller's loop is gone (and answers meanwhile).
+            co_await ringio::to_thread([&gone] { gone.wait(); });
+        }(caller_gone));
+    });
+    target_ready.wait();
+    ringio::run([](ringio::loop_handle h, std::weak_ptr<int>& r, std::latch& gone) -> ringio::task<> {
+        auto fn = [&r, &gone] {
+            gone.wait();  // answers only once the caller's loop is destroyed
+            auto p = std::make_shared<int>(42);
+            r = p;
+            return p;
+        };
+        // The caller leaves (cancelled by the timeout); its loop then goes.
+        CHECK(co_await test_thrown_timeout(ringio::wait_for(ringio::call_on(h, std::move(fn)), 10ms)));
+    }(target, result, caller_gone));
+    caller_gone.count_down();
+    t.join();
+    CHECK(result.expired());  // the reply, with the value it carried, was freed
+}
+
+TEST_CASE("call_on through an empty loop_handle throws invalid_state_error") {
+    ringio::run([]() -> ringio::task<> {
+        ringio::loop_handle none;
+        bool threw = false;
+        try {
+            (void)co_await ringio::call_on(none, [] { return 1; });
+        } catch (const ringio::invalid_state_error&) {
+            threw = true;
+        }
+        CHECK(threw);
+    }());
 }

@@ -68,7 +68,7 @@ private:
         explicit awaiter(condition& cv) noexcept : c(cv) {}
         bool await_ready() const noexcept { return false; }
         bool await_suspend(std::coroutine_handle<> caller) { return park(c.waiters_, caller); }
-        void await_resume() { raise_if_cancelled(); }
+        void await_resume() { resume(); }
     };
 
     mutex own_;

@@ -33,7 +33,7 @@ private:
         explicit awaiter(event& ev) noexcept : e(ev) {}
         bool await_ready() const noexcept { return e.set_; }
         bool await_suspend(std::coroutine_handle<> caller) { return park(e.waiters_, caller); }
-        void await_resume() { raise_if_cancelled(); }
+        void await_resume() { resume(); }
     };
 
     detail::intrusive_list<detail::waiter> waiters_;

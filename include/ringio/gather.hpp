@@ -50,7 +50,7 @@ gather_value_t<T> take_result(task_handle<T>& h) {
         h.result();
         return {};
     } else {
-        return gather_value_t<T>(std::move(const_cast<T&>(h.result())));
+        return handle_result(h);
     }
 }
 
@@ -60,14 +60,14 @@ outcome<T> take_outcome(task_handle<T>& h) {
     if constexpr (std::is_void_v<T>)
         return outcome<T>();
     else
-        return outcome<T>(std::in_place, std::move(const_cast<T&>(h.result())));
+        return outcome<T>(std::in_place, handle_result(h));
 }
 
 template <class... T, std::size_t... I>
 task<std::tuple<gather_value_t<T>...>> gather_impl(std::index_sequence<I...>, task<T>... ts) {
     std::tuple<task_handle<T>...> hs{create_task(std::move(ts))...};
     const std::array<task_base*, sizeof...(T)> bases{std::get<I>(hs).base()...};
-    if (task_base* failed = co_await join_awaiter(bases, true)) std::rethrow_exception(failed->promise().exception);
+    if (task_base* failed = co_await join_awaiter(bases, true)) rethrow_failure(failed);
     co_return std::tuple<gather_value_t<T>...>{take_result(std::get<I>(hs))...};
 }
 
@@ -111,8 +111,7 @@ task<std::tuple<gather_value_t<T>...>> gather(task<T>... ts) {
 template <class T>
 task<std::conditional_t<std::is_void_v<T>, void, std::vector<gather_value_t<T>>>> gather(std::vector<task<T>> ts) {
     auto [hs, bases] = detail::spawn_all(ts);
-    if (detail::task_base* failed = co_await detail::join_awaiter(bases, true))
-        std::rethrow_exception(failed->promise().exception);
+    if (detail::task_base* failed = co_await detail::join_awaiter(bases, true)) detail::rethrow_failure(failed);
     if constexpr (!std::is_void_v<T>) {
         std::vector<gather_value_t<T>> out;
         out.reserve(hs.size());

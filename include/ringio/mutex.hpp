@@ -78,7 +78,7 @@ private:
         lock_awaiter(mutex& mx, bool c) noexcept : m(mx), cancellable(c) {}
         bool await_ready() noexcept { return m.try_lock(); }
         bool await_suspend(std::coroutine_handle<> caller) { return park(m.waiters_, caller, cancellable); }
-        void await_resume() { raise_if_cancelled(); }
+        void await_resume() { resume(); }
     };
     struct guard_awaiter : lock_awaiter {
         mutex_guard await_resume() {

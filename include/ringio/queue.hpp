@@ -118,7 +118,7 @@ private:
         }
         bool await_suspend(std::coroutine_handle<> caller) { return park(q.putters_, caller); }
         void await_resume() {
-            raise_if_cancelled();
+            resume();
             if (!added) throw queue_shutdown();
         }
     };
@@ -133,7 +133,7 @@ private:
         }
         bool await_suspend(std::coroutine_handle<> caller) { return park(q.getters_, caller); }
         T await_resume() {
-            raise_if_cancelled();
+            resume();
             if (!slot) throw queue_shutdown();
             return std::move(*slot);
         }

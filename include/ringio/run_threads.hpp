@@ -108,8 +108,13 @@ struct call_base : call_request, call_reply {
     void release() noexcept {
         if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) destroy(this);
     }
-    /// Sends the outcome back to the caller's loop (from the target's thread).
-    void send_reply() noexcept { caller->post(static_cast<call_reply*>(this), false); }
+    /// Sends the outcome back to the caller's loop (from the target's thread). The reply gives
+    /// up its reference to the caller's inbox first: a reply sitting in the inbox of a loop
+    /// that is gone must not keep that inbox alive (the inbox frees it when it goes).
+    void send_reply() noexcept {
+        std::shared_ptr<inbox> box = std::move(caller);
+        box->post(static_cast<call_reply*>(this), false);
+    }
 };
 
 template <class T>

@@ -43,7 +43,7 @@ private:
         explicit awaiter(semaphore& sem) noexcept : s(sem) {}
         bool await_ready() noexcept { return s.try_acquire(); }
         bool await_suspend(std::coroutine_handle<> caller) { return park(s.waiters_, caller); }
-        void await_resume() { raise_if_cancelled(); }
+        void await_resume() { resume(); }
     };
 
     detail::intrusive_list<detail::waiter> waiters_;

@@ -105,13 +105,7 @@ auto with_task_group(F body) -> task<typename detail::group_body_t<F>::value_typ
     task_group g;
     task_handle<T> h = g.create_task(body(g));
     co_await g.wait();
-    if constexpr (std::is_void_v<T>) {
-        h.result();
-    } else if constexpr (std::is_reference_v<T>) {
-        co_return h.result();
-    } else {
-        co_return T(std::move(const_cast<T&>(h.result())));
-    }
+    co_return detail::handle_result(h);
 }
 
 }  // namespace ringio

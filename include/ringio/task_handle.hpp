@@ -115,6 +115,17 @@ private:
     detail::task_base* t_ = nullptr;
 };
 
+namespace detail {
+/// The value of a finished Task through its handle (moved out), or its exception rethrown.
+template <class T>
+decltype(auto) handle_result(task_handle<T>& h) {
+    if constexpr (std::is_void_v<T> || std::is_reference_v<T>)
+        return h.result();
+    else
+        return T(std::move(const_cast<T&>(h.result())));
+}
+}  // namespace detail
+
 /// Starts `t` as a separate Task on the running loop (asyncio.create_task). It does not run
 /// inline: it starts on a later pass of the loop. Throws invalid_state_error outside a loop.
 ///

@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <coroutine>
+#include <optional>
 #include <type_traits>
 #include <utility>
 
@@ -62,14 +63,6 @@ private:
     bool timed_out_ = false;
 };
 
-template <class T>
-decltype(auto) handle_result(task_handle<T>& h) {
-    if constexpr (std::is_void_v<T> || std::is_reference_v<T>)
-        return h.result();
-    else
-        return T(std::move(const_cast<T&>(h.result())));
-}
-
 template <class A>
 using await_result_t = decltype(std::declval<A>().await_resume());
 
@@ -89,6 +82,25 @@ auto as_task(A aw) -> task<await_result_t<A&>>
 
 }  // namespace detail
 
+namespace detail {
+
+// One coroutine frame per wait_for: the deadline is `at`, or `d` from the moment it is awaited.
+template <class T>
+task<T> wait_deadline(task_handle<T> h, std::optional<clock::duration> d, clock::time_point at) {
+    if (d) at = clock::now() + *d;
+    co_await deadline_awaiter(h.base(), at);
+    co_return handle_result(h);
+}
+template <class T>
+task<T> wait_deadline(task<T> t, std::optional<clock::duration> d, clock::time_point at) {
+    if (d) at = clock::now() + *d;
+    task_handle<T> h = create_task(std::move(t));
+    co_await deadline_awaiter(h.base(), at);
+    co_return handle_result(h);
+}
+
+}  // namespace detail
+
 /// Waits for `h` until `deadline`; then cancels it, waits for it to finish and throws
 /// timeout_error (asyncio.wait_for). If the task finishes by itself first, its value is
 /// returned or its exception rethrown, even if the deadline passed meanwhile.
@@ -97,15 +109,14 @@ auto as_task(A aw) -> task<await_result_t<A&>>
 /// and the cancellation is raised at the caller's next suspension point).
 template <class T>
 task<T> wait_until(task_handle<T> h, clock::time_point deadline) {
-    co_await detail::deadline_awaiter(h.base(), deadline);
-    co_return detail::handle_result(h);
+    return detail::wait_deadline(std::move(h), std::nullopt, deadline);
 }
 
 /// The same for a task, which starts only when the result is awaited (like every task: a
 /// wait_until that is made but never awaited runs nothing).
 template <class T>
 task<T> wait_until(task<T> t, clock::time_point deadline) {
-    co_return co_await wait_until(create_task(std::move(t)), deadline);
+    return detail::wait_deadline(std::move(t), std::nullopt, deadline);
 }
 
 /// wait_until() with a deadline `d` after the moment it is awaited. Works on a task, a
@@ -115,11 +126,11 @@ task<T> wait_until(task<T> t, clock::time_point deadline) {
 ///   std::string line = co_await ringio::wait_for(reader.read_line(), 5s);
 template <class T, class Rep, class Period>
 task<T> wait_for(task<T> t, std::chrono::duration<Rep, Period> d) {
-    co_return co_await wait_until(std::move(t), clock::now() + std::chrono::ceil<clock::duration>(d));
+    return detail::wait_deadline(std::move(t), std::chrono::ceil<clock::duration>(d), {});
 }
 template <class T, class Rep, class Period>
 task<T> wait_for(task_handle<T> h, std::chrono::duration<Rep, Period> d) {
-    co_return co_await wait_until(std::move(h), clock::now() + std::chrono::ceil<clock::duration>(d));
+    return detail::wait_deadline(std::move(h), std::chrono::ceil<clock::duration>(d), {});
 }
 template <class A, class Rep, class Period>
 auto wait_for(A aw, std::chrono::duration<Rep, Period> d) {

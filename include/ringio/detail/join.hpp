@@ -67,12 +67,12 @@ private:
     };
 
     void cancel_children() noexcept {
-        cancelling_ = true;
+        children_cancelled_ = true;
         for (task_base* t : tasks_) t->cancel();
     }
 
     void note_done(task_base* t) noexcept {
-        if (first_failed_ || cancelling_) return;
+        if (first_failed_ || children_cancelled_) return;
         if (t->state() == task_base::status::failed || t->state() == task_base::status::cancelled) {
             first_failed_ = t;
             if (fail_fast_) cancel_children();
@@ -90,11 +90,18 @@ private:
 
     std::span<task_base* const> tasks_;
     bool fail_fast_;
-    bool cancelling_ = false;
+    bool children_cancelled_ = false;
     bool noted_ = false;
     std::unique_ptr<child_waiter[]> waiters_;
     std::size_t remaining_ = 0;
     task_base* first_failed_ = nullptr;
 };
+
+/// Rethrows the failure join_awaiter returned: a child that ended cancelled raises
+/// cancelled_error as the caller's own would (consuming a cancellation the caller had pending).
+[[noreturn]] inline void rethrow_failure(task_base* failed) {
+    if (failed->state() == task_base::status::cancelled) suspension::raise_cancelled();
+    std::rethrow_exception(failed->promise().exception);
+}
 
 }  // namespace ringio::detail

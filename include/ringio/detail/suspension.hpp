@@ -56,6 +56,8 @@ class suspension {
 public:
     enum class state : std::uint8_t {
         idle,        // not waiting (never suspended, or resumed)
+        bound,       // begin() ran; not armed yet (an await_suspend that throws from here on
+                     // leaves nothing behind)
         waiting,     // suspended and armed: cancel() runs the action
         cancelling,  // the action ran; the operation may still own its resources
         completed,   // woken with a result
@@ -81,15 +83,16 @@ public:
             st_ = state::cancelled;
             return false;
         }
-        st_ = state::waiting;
+        st_ = state::bound;
         return true;
     }
 
     /// After the operation started: cancel() reaches `on_cancel` from now until the next wake.
     /// A `join` point with a cancellation pending runs it at once. A `none` point never arms.
     void arm(action on_cancel) noexcept {
-        assert(st_ == state::waiting && kind_ != cancel_kind::none);
+        assert(st_ == state::bound && kind_ != cancel_kind::none);
         action_ = on_cancel;
+        st_ = state::waiting;
         if (task_->cancel_requested()) {  // only a join gets here with one pending
             cancel();
             return;
@@ -100,7 +103,7 @@ public:
     /// Queues the Task to resume, with the outcome (completed, or cancelled); disarms. Called
     /// once per suspension, from a completion, a grant, a timer or the cancel action.
     void wake(bool cancelled = false) noexcept {
-        assert(st_ == state::waiting || st_ == state::cancelling);
+        assert(st_ == state::bound || st_ == state::waiting || st_ == state::cancelling);
         if (task_->suspended_at == this) task_->suspended_at = nullptr;
         st_ = cancelled ? state::cancelled : state::completed;
         loop_core::current()->schedule(task_, h_);
@@ -119,6 +122,7 @@ public:
 
     /// The same outcome for an awaiter that knew it without suspending (await_ready was true,
     /// e.g. the awaited task had ended cancelled): consumes the running Task's cancellation.
+    /// (With nothing recorded by begin(), the Task is the running one: the awaiter's.)
     [[noreturn]] static void raise_cancelled() {
         if (loop_core* loop = loop_core::current())
             if (task_base* t = loop->current_task()) t->take_cancel();

@@ -30,9 +30,6 @@ struct waiter : list_node, suspension {
         intrusive_list<waiter>::erase(this);
         wake();
     }
-
-    /// In await_resume: raises the cancellation that removed this waiter.
-    void raise_if_cancelled() { resume(); }
 };
 
 }  // namespace ringio::detail
