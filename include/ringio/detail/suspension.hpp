@@ -23,7 +23,9 @@
 //   disarms it. One state says where the point is; impossible transitions are assertions.
 // - resume() consumes the Task's cancellation if, and only if, it throws cancelled_error; an
 //   operation that completed anyway returns its result and the cancellation stays pending for
-//   the Task's next suspension point (nothing is lost).
+//   the Task's next suspension point (nothing is lost). Code above a point that turns the
+//   cancellation into another error (task_group::wait's task_group_error) requests it again, so
+//   that it is never lost either.
 // - The Task is the one recorded at begin(), never looked up again.
 // Cost: 32 bytes, no allocation, no atomics, one function pointer.
 #pragma once
