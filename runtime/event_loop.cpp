@@ -387,27 +387,22 @@ void loop_core::run_pass() {
 void loop_core::run_until(task_base* root) {
     running_ = true;
     root_ = root;
+    std::exception_ptr failure;
     try {
         while (!root->done()) run_pass();
     } catch (...) {
         // The loop itself failed (the ring): still cancel what is left and wait for it, so that
         // no frame is freed under the kernel, then report the failure.
-        root_ = nullptr;
-        try {
-            shutdown();
-        } catch (...) {
-        }
-        running_ = false;
-        throw;
+        failure = std::current_exception();
     }
     root_ = nullptr;
     try {
         shutdown();
     } catch (...) {
-        running_ = false;
-        throw;
+        if (!failure) failure = std::current_exception();
     }
     running_ = false;
+    if (failure) std::rethrow_exception(failure);
 }
 
 void loop_core::shutdown() {
