@@ -205,9 +205,13 @@ ringio::task<> deadline() {
 }
 
 ringio::task<int> amain() {
-    const ringio::ring_features& f = ringio::event_loop::running().features();
-    fmt::print("ringio demo: io_uring with SQ {} / CQ {} entries{}{}\n", f.sq_entries, f.cq_entries,
-               f.single_issuer ? ", SINGLE_ISSUER" : "", f.defer_taskrun ? ", DEFER_TASKRUN" : "");
+    ringio::event_loop& loop = ringio::event_loop::running();
+    const ringio::ring_features& f = loop.features();
+    if (loop.backend() == ringio::backend_kind::io_uring)
+        fmt::print("ringio demo: io_uring with SQ {} / CQ {} entries{}{}\n", f.sq_entries, f.cq_entries,
+                   f.single_issuer ? ", SINGLE_ISSUER" : "", f.defer_taskrun ? ", DEFER_TASKRUN" : "");
+    else
+        fmt::print("ringio demo: the epoll backend (io_uring is not used here)\n");
     auto start = clock::now();
 
     co_await many_tasks_gathered();
@@ -227,7 +231,7 @@ int main() {
     std::optional<ringio::event_loop> loop;
     try {
         loop.emplace();
-    } catch (const std::system_error& e) {  // io_uring unavailable here: the message says why
+    } catch (const std::system_error& e) {  // no backend (io_uring forced where it is blocked): says why
         fmt::print(stderr, "ringio_demo: {}\n", e.what());
         return 77;
     }

@@ -9,8 +9,9 @@
 //   - --threads N for TCP servers that take it: N loops (ringio::run_threads), each with its own
 //     listening socket on the one port (SO_REUSEPORT), stopped together;
 //   - main(): runs the async main, whose result is the exit status; an exception is printed on
-//     stderr and gives status 1; when io_uring cannot be set up here, the reason is printed on
-//     stderr and the status is 77 (exit_no_io_uring).
+//     stderr and gives status 1; when no loop can be set up here (RINGIO_BACKEND=io_uring where
+//     io_uring is blocked; unforced, the loop uses epoll), the reason is printed on stderr and the
+//     status is 77 (exit_no_io_uring).
 #pragma once
 
 #include <ringio/ringio.hpp>
@@ -235,11 +236,12 @@ ringio::task<> serve_loop(const program& p, const listen_options& opt, Handler& 
     co_await shut_down(me.server);
 }
 
-/// The exit status of an example when this machine cannot set up an io_uring (a kernel without
-/// it, a container's seccomp profile, kernel.io_uring_disabled): 77, the tests' "skipped".
+/// The exit status of an example whose loop cannot be set up: RINGIO_BACKEND=io_uring where
+/// io_uring is unavailable (a kernel without it, a container's seccomp profile,
+/// kernel.io_uring_disabled). 77, the tests' "skipped". Unforced, the loop uses epoll there.
 inline constexpr int exit_no_io_uring = 77;
 
-/// Runs `main_task` on a new event loop: its result is the exit status. When io_uring cannot be
+/// Runs `main_task` on a new event loop: its result is the exit status. When the loop cannot be
 /// set up, ringio's message (which names the cause and the fix) goes to stderr and the status is
 /// exit_no_io_uring. Another exception that ends it (cannot listen, unknown host, ...) is printed
 /// on stderr and gives status 1.
@@ -264,7 +266,7 @@ inline int run(const program& p, ringio::task<int> main_task) {
 template <class Handler>
 int serve_threads(const program& p, const listen_options& opt, Handler handler,
                   ringio::task<> (*shut_down)(ringio::server&)) {
-    try {  // as run(): where io_uring cannot be set up, say why and exit 77, before any thread starts
+    try {  // as run(): where no loop can be set up, say why and exit 77, before any thread starts
         ringio::event_loop probe;
     } catch (const std::system_error& e) {
         fmt::print(stderr, "{}: {}\n", p.name, e.what());

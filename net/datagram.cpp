@@ -101,7 +101,7 @@ public:
         if (armed || closing) return;
         armed = true;
         socket_state* ss = sock.state_ptr();
-        ss->loop = loop;
+        ss->attach(loop);
         ss->begin();
         loop->submit_later(&recv_req);
     }

@@ -41,7 +41,7 @@ struct listener {
     void arm() {
         armed = true;
         socket_state* ss = sock.state_ptr();
-        ss->loop = loop;
+        ss->attach(loop);
         loop->submit(&req);
         ss->begin();
     }

@@ -22,13 +22,14 @@ struct socket_state::closer {
 void socket_state::cancel_all() noexcept {
     if (inflight == 0 || cancel_sent) return;
     cancel_sent = true;
-    if (loop && loop->features().buf_ring)  // IORING_ASYNC_CANCEL_FD came with 5.19 as well
+    if (loop && loop->can_cancel_fd())
         loop->cancel_fd(fd);
     else
         ::shutdown(fd, SHUT_RDWR);
 }
 
 void socket_state::close_now() noexcept {
+    unwatch();
     if (fd >= 0) ::close(fd);
     fd = -1;
 }
@@ -80,6 +81,7 @@ void socket::reset() noexcept {
 int socket::release() noexcept {
     detail::socket_state* s = std::exchange(st_, nullptr);
     if (!s) return -1;
+    s->unwatch();
     int fd = s->fd;
     s->fd = -1;
     if (s->inflight == 0)
@@ -92,7 +94,7 @@ int socket::release() noexcept {
 detail::socket_state* socket::state() const {
     if (!st_) throw invalid_state_error("ringio: operation on a closed socket");
     if (st_->closing) throw make_system_error(EBADF, "ringio: operation on a socket being closed");
-    st_->loop = detail::loop_core::current();
+    st_->attach(detail::loop_core::current());
     return st_;
 }
 

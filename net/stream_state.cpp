@@ -61,7 +61,7 @@ stream_state::stream_state(socket s, std::size_t lim) : sock(std::move(s)), limi
         };
     }
     socket_state* ss = sock.state_ptr();
-    ss->loop = loop_;
+    ss->attach(loop_);
     ss->idle_hook = &stream_state::on_socket_idle;
     ss->idle_ctx = this;
     // Recorded now: after a reset or a close, getpeername can no longer tell, and error

@@ -3,11 +3,15 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <csignal>
+#include <cstdlib>
+#include <string_view>
 #include <cstring>
 #include <limits>
 #include <thread>
 
+#include "reactor.hpp"
 #include "ring.hpp"
 #include "ringio/detail/buffer_ring.hpp"
 #include "ringio/log.hpp"
@@ -86,23 +90,63 @@ void inbox::quiesce() const noexcept {
 
 // ---- setup ----
 
+namespace {
+
+backend_kind requested_backend(const loop_options& options) {
+    if (options.backend != backend_kind::automatic) return options.backend;
+    const char* env = std::getenv("RINGIO_BACKEND");
+    if (!env || !*env) return backend_kind::automatic;
+    std::string_view v(env);
+    if (v == "io_uring") return backend_kind::io_uring;
+    if (v == "epoll") return backend_kind::epoll;
+    throw std::invalid_argument(fmt::format("ringio: RINGIO_BACKEND must be io_uring or epoll, not '{}'", v));
+}
+
+// The fallback is said once per process, however many loops (threads) make it.
+std::atomic<bool> fallback_announced{false};
+
+}  // namespace
+
+void loop_core::setup_backend(const loop_options& options) {
+    backend_kind want = requested_backend(options);
+    if (want != backend_kind::epoll) {
+        try {
+            ring_ = std::make_unique<ring>(options, features_);
+            return;
+        } catch (const ring_unavailable& e) {
+            if (want == backend_kind::io_uring) throw;
+            if (!fallback_announced.exchange(true))
+                log(log_level::warning, "io_uring unavailable ({}); using epoll", e.cause());
+        }
+    }
+    reactor_ = std::make_unique<reactor>();
+    reactor_->done_ctx = this;
+    reactor_->done = [](void* ctx, io_request* r, int res) noexcept {
+        --static_cast<loop_core*>(ctx)->inflight_;
+        r->complete(r, res, 0);
+    };
+}
+
 loop_core::loop_core(const loop_options& options) {
     if (tls_core) throw invalid_state_error("ringio: this thread already has an event loop (run() cannot nest)");
-    ring_ = std::make_unique<ring>(options, features_);
+    setup_backend(options);
     // Without NODROP a completion that finds the CQ full is lost: keep in-flight work to half
     // the CQ (the rest is headroom for cancel requests and multishot completions). With NODROP
     // the kernel keeps overflowed completions until the next io_uring_enter flushes them, so
     // long-lived operations (a receive on each of 100,000 idle connections) need no bound.
+    // epoll has no queue to overflow.
     if (options.max_in_flight)
         max_inflight_ = options.max_in_flight;
     else
-        max_inflight_ = features_.nodrop ? std::numeric_limits<std::size_t>::max() : features_.cq_entries / 2;
+        max_inflight_ = reactor_ || features_.nodrop ? std::numeric_limits<std::size_t>::max() : features_.cq_entries / 2;
     if (features_.buf_ring) {
         stream_buffer_count_ = options.stream_buffers;
         stream_buffer_size_ = options.stream_buffer_size;
     }
     ready_.reserve(256);
     inbox_ = std::make_shared<inbox>();
+    if (reactor_ && !reactor_->try_watch(inbox_->fd()))
+        throw make_system_error(errno, "ringio: epoll_ctl for the loop's wake-up");
     wake_req_.loop = this;
     wake_req_.prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
         loop_core* loop = static_cast<wake_request*>(r)->loop;
@@ -115,6 +159,15 @@ loop_core::loop_core(const loop_options& options) {
     };
     now_ = clock::now();
     tls_core = this;
+}
+
+bool loop_core::watch_fd(int fd) noexcept { return !reactor_ || reactor_->try_watch(fd); }
+void loop_core::forget_fd(int fd) noexcept {
+    if (reactor_) reactor_->forget(fd);
+}
+void loop_core::submit_to_reactor(io_request* r) noexcept {
+    ++inflight_;
+    reactor_->submit(r);
 }
 
 void loop_core::close() noexcept {
@@ -141,6 +194,7 @@ loop_core::~loop_core() {
     stream_buffers_.reset();
     if (saved_sigmask_) pthread_sigmask(SIG_SETMASK, reinterpret_cast<sigset_t*>(saved_sigmask_.get()), nullptr);
     ring_.reset();
+    reactor_.reset();
     tls_core = nullptr;
 }
 
@@ -215,6 +269,10 @@ io_uring_sqe* loop_core::get_sqe() {
 }
 
 void loop_core::push_sqe(io_request* r) {
+    if (reactor_) {
+        submit_to_reactor(r);
+        return;
+    }
     io_uring_sqe* sqe = get_sqe();
     r->prep(r, sqe);
     io_uring_sqe_set_data(sqe, r);
@@ -231,6 +289,10 @@ void loop_core::submit(io_request* r) {
 }
 
 void loop_core::cancel_io(io_request* r) noexcept {
+    if (reactor_) {
+        reactor_->cancel(r);
+        return;
+    }
     if (r->linked()) {  // never reached the kernel
         intrusive_list<io_request>::erase(r);
         r->complete(r, -ECANCELED, 0);
@@ -247,6 +309,10 @@ void loop_core::cancel_io(io_request* r) noexcept {
 }
 
 void loop_core::cancel_fd(int fd) noexcept {
+    if (reactor_) {
+        reactor_->cancel_fd(fd);
+        return;
+    }
     try {
         io_uring_sqe* sqe = get_sqe();
         io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
@@ -288,6 +354,20 @@ bool loop_core::kernel_has_work() const noexcept {
 }
 
 void loop_core::wait_for_completions(bool block) {
+    if (reactor_) {
+        reactor_->flush();  // what this pass submitted: often done at once, without waiting
+        long long timeout = 0;
+        // (nothing in flight and no timer: nothing could end the wait; during shutdown)
+        if (block && ready_.empty() && (inflight_ > 0 || !timers_.empty())) {
+            timeout = -1;
+            if (!timers_.empty()) {
+                auto wait = timers_.top()->deadline - clock::now();
+                timeout = std::max<long long>(0, std::chrono::duration_cast<std::chrono::nanoseconds>(wait).count());
+            }
+        }
+        reactor_->wait(timeout);
+        return;
+    }
     io_uring* r = &ring_->raw;
     int rc = 0;
     if (!block) {
@@ -437,7 +517,9 @@ void loop_core::shutdown() {
         req.complete = [](io_request* r, int, std::uint32_t) noexcept { *static_cast<flag_request*>(r)->flag = false; };
         while (inflight_ > 0 || !ready_.empty() || !overflow_.empty()) {
             while (io_request* r = overflow_.pop_front()) r->complete(r, -ECANCELED, 0);
-            if (inflight_ > 0 && !cancel_any_pending) {
+            if (reactor_) {
+                reactor_->cancel_all();
+            } else if (inflight_ > 0 && !cancel_any_pending) {
                 cancel_any_pending = true;
                 push_sqe(&req);
             }

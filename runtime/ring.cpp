@@ -42,7 +42,13 @@ int read_sysctl(const char* path) {
 
 }  // namespace
 
-std::string setup_error_message(int err) {
+std::string setup_error_message(int err) { return fmt::format("ringio: cannot set up io_uring: {}", setup_error_cause(err)); }
+
+ring_unavailable::ring_unavailable(int err, std::string cause)
+    : std::system_error(err, std::system_category(), fmt::format("ringio: cannot set up io_uring: {}", cause)),
+      cause_(std::move(cause)) {}
+
+std::string setup_error_cause(int err) {
     std::string cause;
     switch (err) {
     case ENOSYS:
@@ -75,9 +81,9 @@ std::string setup_error_message(int err) {
         cause = "out of file descriptors";
         break;
     default:
-        cause = "unexpected error";
+        cause = fmt::format("unexpected error ({})", std::system_category().message(err));
     }
-    return fmt::format("ringio: cannot set up io_uring: {}", cause);
+    return cause;
 }
 
 ring::ring(const loop_options& options, ring_features& f) {
@@ -109,7 +115,22 @@ ring::ring(const loop_options& options, ring_features& f) {
         err = -rc;
         if (err != EINVAL) break;  // only unknown flags are worth another try
     }
-    if (err != 0) throw std::system_error(err, std::system_category(), setup_error_message(err));
+    if (err != 0) throw ring_unavailable(err, setup_error_cause(err));
+    // A profile may allow the setup and refuse what follows (io_uring_enter): run one NOP.
+    {
+        io_uring_sqe* sqe = io_uring_get_sqe(&raw);
+        io_uring_prep_nop(sqe);
+        io_uring_sqe_set_data64(sqe, 0);
+        io_uring_cqe* cqe = nullptr;
+        int rc = io_uring_submit_and_wait(&raw, 1);
+        if (rc >= 0) rc = io_uring_peek_cqe(&raw, &cqe);
+        if (rc < 0) {
+            io_uring_queue_exit(&raw);
+            throw ring_unavailable(-rc, fmt::format("io_uring is set up but cannot run an operation (io_uring_enter: {})",
+                                                    std::system_category().message(-rc)));
+        }
+        io_uring_cqe_seen(&raw, cqe);
+    }
     if (options.register_ring_fd) f.registered_ring = io_uring_register_ring_fd(&raw) == 1;
 
     // Features without a flag of their own are inferred from opcodes of the same kernel release.

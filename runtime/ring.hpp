@@ -1,10 +1,11 @@
 // The loop's io_uring, set up with the best flags the kernel accepts. Private to the runtime:
-// keeping liburing behind this file leaves room for a readiness (epoll) backend later.
+// only the loop and this file see liburing's ring (the epoll backend is runtime/reactor.hpp).
 #pragma once
 
 #include <liburing.h>
 
 #include <string>
+#include <system_error>
 
 #include "ringio/event_loop.hpp"
 
@@ -20,7 +21,20 @@ public:
     io_uring raw{};
 };
 
-/// The message for a failed io_uring_setup: names the cause and what to do about it.
+/// Why io_uring_setup failed with `err`, and what to do about it.
+std::string setup_error_cause(int err);
+/// The message for a failed io_uring_setup: "ringio: cannot set up io_uring: CAUSE".
 std::string setup_error_message(int err);
+
+/// Thrown by ring's constructor: io_uring cannot be used here (setup failed, or a first
+/// operation could not run). cause() is the reason without the "ringio: ..." prefix.
+class ring_unavailable : public std::system_error {
+public:
+    ring_unavailable(int err, std::string cause);
+    [[nodiscard]] const std::string& cause() const noexcept { return cause_; }
+
+private:
+    std::string cause_;
+};
 
 }  // namespace ringio::detail

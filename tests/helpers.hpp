@@ -5,6 +5,12 @@
 #include <dirent.h>
 
 #include <cstddef>
+#include <cstdlib>
+#include <string_view>
+
+#include <doctest/doctest.h>
+
+#include <ringio/event_loop.hpp>
 
 namespace test {
 
@@ -26,6 +32,20 @@ inline std::size_t open_fds() {
         n -= 3;  // ".", ".." and the directory's own fd
     }
     return n;
+}
+
+/// True (and a message says so) when this test runs on the epoll backend: for tests of what
+/// only io_uring has (its features, kernel timeouts, raw SQEs, provided buffer rings, multishot).
+inline bool skip_on_epoll(std::string_view what) {
+    bool epoll;
+    if (ringio::event_loop* loop = ringio::event_loop::current()) {
+        epoll = loop->backend() == ringio::backend_kind::epoll;
+    } else {
+        const char* b = std::getenv("RINGIO_BACKEND");
+        epoll = b && std::string_view(b) == "epoll";
+    }
+    if (epoll) MESSAGE("skipped on the epoll backend: " << what);
+    return epoll;
 }
 
 }  // namespace test

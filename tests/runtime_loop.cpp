@@ -11,9 +11,16 @@
 #include <atomic>
 #include <latch>
 #include <optional>
+#include <array>
+#include <mutex>
+#include <span>
+#include <stdexcept>
+#include <sys/socket.h>
 
 #include "../runtime/ring.hpp"
 #include "helpers.hpp"
+
+#include <fmt/format.h>
 
 using namespace std::chrono_literals;
 
@@ -55,6 +62,7 @@ std::size_t flood(ringio::loop_options opts) {
 }  // namespace
 
 TEST_CASE("100,000 operations with in-flight work bounded to half the CQ all complete") {
+    if (test::skip_on_epoll("io_uring's own features")) return;
     ringio::loop_options opts;
     opts.max_in_flight = 256;
     std::size_t peak = flood(opts);
@@ -63,6 +71,7 @@ TEST_CASE("100,000 operations with in-flight work bounded to half the CQ all com
 }
 
 TEST_CASE("100,000 operations overflowing a 512-entry CQ all complete (kernel keeps the overflow)") {
+    if (test::skip_on_epoll("io_uring's own features")) return;
     bool nodrop = ringio::event_loop().features().nodrop;
     if (!nodrop) {
         MESSAGE("kernel without IORING_FEAT_NODROP: in-flight work is bounded, nothing to overflow");
@@ -105,6 +114,7 @@ TEST_CASE("io_uring setup errors name the cause and the fix") {
 }
 
 TEST_CASE("the loop reports the kernel features it found") {
+    if (test::skip_on_epoll("io_uring's own features")) return;
     ringio::event_loop loop;
     const auto& f = loop.features();
     CHECK(f.sq_entries >= 1);
@@ -143,6 +153,7 @@ using test::block_io_uring_setup;
 using test::native_arch;
 
 TEST_CASE("io_uring blocked by seccomp: a system_error that names the cause, and the tests skip with 77") {
+    if (test::skip_on_epoll("io_uring's own features")) return;
     if (native_arch == 0) {
         MESSAGE("no seccomp arch constant for this machine: skipped");
         return;
@@ -192,6 +203,7 @@ TEST_CASE("io_uring blocked by seccomp: a system_error that names the cause, and
 // ---- SQPOLL (opt-in) and the registered ring fd ----
 
 TEST_CASE("with SQPOLL the loop runs I/O, timers and a TCP exchange just the same") {
+    if (test::skip_on_epoll("io_uring's own features")) return;
     ringio::loop_options opts;
     opts.sqpoll = true;
     opts.sqpoll_idle = 10ms;  // the kernel thread sleeps and must be woken again below
@@ -222,6 +234,7 @@ TEST_CASE("with SQPOLL the loop runs I/O, timers and a TCP exchange just the sam
 }
 
 TEST_CASE("the ring fd is registered unless asked not to") {
+    if (test::skip_on_epoll("io_uring's own features")) return;
     CHECK(ringio::event_loop().features().registered_ring);  // kernel 5.18+ (the CI's is 6.x)
     ringio::loop_options opts;
     opts.register_ring_fd = false;
@@ -370,4 +383,112 @@ TEST_CASE("run_until_complete returns although another thread keeps posting; the
         poster.join();
     }
     CHECK(ran.load() > 0);
+}
+
+namespace {
+// In a forked child whose seccomp filter `block` installs: loops made with no backend asked for
+// (RINGIO_BACKEND unset), one on this thread and one on another, each running a timer, a
+// to_thread call and a socket exchange. Reports "BACKEND|ANNOUNCEMENTS|FIRST LOG LINE" through a
+// pipe; "no filter" when none could be installed.
+std::string fallback_in_child(bool (*block)()) {
+    int pipefd[2];
+    REQUIRE(::pipe(pipefd) == 0);
+    pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        ::close(pipefd[0]);
+        ::unsetenv("RINGIO_BACKEND");
+        if (!block()) ::_exit(3);
+        std::string out;
+        std::vector<std::string> lines;
+        std::mutex m;
+        ringio::set_log_handler([&](ringio::log_level, std::string_view msg) {
+            std::lock_guard lock(m);
+            lines.emplace_back(msg);
+        });
+        auto exercise = []() -> std::string {
+            return ringio::run([]() -> ringio::task<std::string> {
+                int fds[2];
+                if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) co_return "socketpair failed";
+                ringio::socket a(fds[0]), b(fds[1]);
+                co_await ringio::sleep(1ms);
+                int v = co_await ringio::to_thread([] { return 7; });
+                std::string msg = "ping";
+                co_await a.send(std::as_bytes(std::span(msg)));
+                std::array<std::byte, 8> buf{};
+                std::size_t n = co_await b.recv(buf);
+                bool epoll = ringio::event_loop::running().backend() == ringio::backend_kind::epoll;
+                co_return fmt::format("{}{}", epoll ? "epoll" : "io_uring", n == 4 && v == 7 ? "" : " (exchange failed)");
+            }());
+        };
+        try {
+            out = exercise();
+            std::string other;
+            std::thread([&] { other = exercise(); }).join();
+            if (other != out) out = fmt::format("{} / other thread: {}", out, other);
+        } catch (const std::exception& e) {
+            out = fmt::format("error: {}", e.what());
+        }
+        std::size_t said = 0;
+        for (const auto& l : lines) said += l.find("io_uring unavailable") != std::string::npos;
+        out = fmt::format("{}|{}|{}", out, said, lines.empty() ? std::string() : lines.front());
+        [[maybe_unused]] auto n = ::write(pipefd[1], out.data(), out.size());
+        ::_exit(0);
+    }
+    ::close(pipefd[1]);
+    std::string got;
+    char buf[512];
+    for (ssize_t n; (n = ::read(pipefd[0], buf, sizeof buf)) > 0;) got.append(buf, static_cast<std::size_t>(n));
+    ::close(pipefd[0]);
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    REQUIRE(WIFEXITED(status));
+    if (WEXITSTATUS(status) == 3) return "no filter";
+    return got;
+}
+}  // namespace
+
+TEST_CASE("io_uring blocked by seccomp: a loop falls back to epoll, says so once, and works") {
+    if (native_arch == 0) return;
+    std::string got = fallback_in_child(&test::block_io_uring_setup);
+    if (got == "no filter") return;
+    INFO(got);
+    CHECK(got.rfind("epoll|1|io_uring unavailable (", 0) == 0);
+    CHECK((std::string(got).find("seccomp") != std::string::npos));
+    CHECK((std::string(got).find("using epoll") != std::string::npos));
+}
+
+TEST_CASE("io_uring set up but io_uring_enter blocked: the probe notices, and the loop falls back to epoll") {
+    if (native_arch == 0) return;
+    std::string got = fallback_in_child(&test::block_io_uring_enter);
+    if (got == "no filter") return;
+    INFO(got);
+    CHECK(got.rfind("epoll|1|io_uring unavailable (", 0) == 0);
+    CHECK((std::string(got).find("io_uring_enter") != std::string::npos));
+}
+
+TEST_CASE("RINGIO_BACKEND and loop_options::backend choose the backend; a bad value is a clear error") {
+    {
+        ringio::loop_options o;
+        o.backend = ringio::backend_kind::epoll;
+        ringio::event_loop loop(o);
+        CHECK(loop.backend() == ringio::backend_kind::epoll);
+        CHECK_FALSE(loop.features().buf_ring);
+        CHECK(loop.features().sq_entries == 0);
+    }
+    const char* prev = std::getenv("RINGIO_BACKEND");
+    std::string saved = prev ? prev : "";
+    ::setenv("RINGIO_BACKEND", "kqueue", 1);
+    try {
+        ringio::event_loop loop;
+        FAIL("a bad RINGIO_BACKEND must be refused");
+    } catch (const std::invalid_argument& e) {
+        CHECK((std::string(e.what()).find("RINGIO_BACKEND must be io_uring or epoll") != std::string::npos));
+    }
+    ::setenv("RINGIO_BACKEND", "epoll", 1);
+    CHECK(ringio::event_loop().backend() == ringio::backend_kind::epoll);
+    if (prev)
+        ::setenv("RINGIO_BACKEND", saved.c_str(), 1);
+    else
+        ::unsetenv("RINGIO_BACKEND");
 }

@@ -103,6 +103,7 @@ TEST_CASE("sleep(0) and yield_now let the other ready tasks run first") {
 }
 
 TEST_CASE("the kernel timeout operation completes with ETIME") {
+    if (test::skip_on_epoll("kernel timeouts are io_uring operations")) return;
     ringio::run([]() -> ringio::task<> {
         auto start = ringio::clock::now();
         ringio::io_result r = co_await ringio::io::kernel_timeout(2ms);

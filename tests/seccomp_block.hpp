@@ -22,16 +22,16 @@ inline constexpr unsigned native_arch = AUDIT_ARCH_AARCH64;
 inline constexpr unsigned native_arch = 0;  // no filter for this machine: callers skip
 #endif
 
-/// In this (child) process, makes io_uring_setup fail with EPERM like a container's seccomp
-/// profile; the filter stays through execve. Returns false if the filter could not be installed.
-/// Only async-signal-safe calls: usable between fork() and execve().
-inline bool block_io_uring_setup() {
+/// In this (child) process, makes system call `nr` fail with EPERM, as a container's seccomp
+/// profile does; the filter stays through execve. Returns false if the filter could not be
+/// installed. Only async-signal-safe calls: usable between fork() and execve().
+inline bool block_syscall(unsigned nr) {
     sock_filter code[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, native_arch, 1, 0),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 1),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
@@ -39,6 +39,11 @@ inline bool block_io_uring_setup() {
     if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return false;
     return ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0;
 }
+
+/// io_uring_setup fails with EPERM (Docker's default profile, gVisor, kernel.io_uring_disabled).
+inline bool block_io_uring_setup() { return block_syscall(__NR_io_uring_setup); }
+/// The ring can be made, but io_uring_enter fails with EPERM (a profile that blocks only that).
+inline bool block_io_uring_enter() { return block_syscall(__NR_io_uring_enter); }
 
 }  // namespace test
 

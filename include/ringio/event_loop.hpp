@@ -45,7 +45,17 @@ struct ring_features {
     unsigned cq_entries = 0;
 };
 
+/// Which kernel interface a loop uses for its I/O (docs/runtime.md, "Backends").
+enum class backend_kind : std::uint8_t {
+    automatic,  // io_uring where it can be set up and probed, else epoll (said once on stderr)
+    io_uring,
+    epoll,
+};
+
 struct loop_options {
+    /// automatic unless the RINGIO_BACKEND environment variable (io_uring or epoll) says
+    /// otherwise. Forcing io_uring where it is blocked throws the setup error.
+    backend_kind backend = backend_kind::automatic;
     unsigned sq_entries = 1024;  // submission queue size; a full SQ is submitted, never fatal
     unsigned cq_entries = 0;     // 0 = 8 * sq_entries
     /// Operations allowed in flight at once; the rest wait in order in the loop's overflow
@@ -121,6 +131,7 @@ private:
 };
 
 class ring;
+class reactor;
 class buffer_ring;
 class suspension;
 inline thread_local class loop_core* tls_core = nullptr;  // the calling thread's loop
@@ -149,7 +160,12 @@ public:
     void submit(io_request* r);
     /// Queues `r` to be submitted at the end of this pass (after the ready tasks ran), so that
     /// its prep() sees everything they did; safe to call from a completion callback.
-    void submit_later(io_request* r) noexcept { overflow_.push_back(r); }
+    void submit_later(io_request* r) noexcept {
+        if (reactor_) [[unlikely]]
+            submit_to_reactor(r);
+        else
+            overflow_.push_back(r);
+    }
     /// Asks the kernel to cancel `r`; `r` completes (often with -ECANCELED) later. One still in
     /// the overflow queue completes with -ECANCELED at once. If the ring fails, the failure is
     /// raised by the loop's next pass (never here).
@@ -163,6 +179,16 @@ public:
     }
     [[nodiscard]] clock::time_point now() const noexcept { return now_; }
     [[nodiscard]] const ring_features& features() const noexcept { return features_; }
+    [[nodiscard]] backend_kind backend() const noexcept { return reactor_ ? backend_kind::epoll : backend_kind::io_uring; }
+    /// Whether cancel_fd() cancels exactly the operations on an fd (io_uring 5.19+, epoll);
+    /// else sockets end their operations with shutdown(2).
+    [[nodiscard]] bool can_cancel_fd() const noexcept { return reactor_ || features_.buf_ring; }
+
+    /// epoll only (no-ops on io_uring): a socket fd is registered for good (edge-triggered) when
+    /// its first operation starts, and forgotten before it is closed or handed away. False when
+    /// it cannot be registered (it is then registered per wait).
+    bool watch_fd(int fd) noexcept;
+    void forget_fd(int fd) noexcept;
 
     /// Posts an item to this loop's inbox (the loop's thread, or any other while the loop lives).
     bool post(remote_item* item, bool user) noexcept { return inbox_->post(item, user); }
@@ -217,10 +243,13 @@ protected:
     void arm_wakeup();
     void push_sqe(io_request* r);
     io_uring_sqe* get_sqe();
+    void submit_to_reactor(io_request* r) noexcept;
+    void setup_backend(const loop_options& options);
     void fail(std::exception_ptr e) noexcept;
 
-    // Owned by the loop thread.
+    // Owned by the loop thread. Exactly one of ring_ (io_uring) and reactor_ (epoll).
     std::unique_ptr<ring> ring_;
+    std::unique_ptr<reactor> reactor_;
     ring_features features_;
     ring_buffer<ready_entry> ready_;
     timer_heap timers_;
@@ -284,10 +313,13 @@ private:
 /// Everything except call_soon_threadsafe() must be called from that thread.
 class event_loop : private detail::loop_core {
 public:
-    /// Sets up the ring. Throws std::system_error naming the cause when io_uring is unavailable
-    /// (ENOSYS: kernel without io_uring; EPERM: seccomp or kernel.io_uring_disabled; ENOMEM:
-    /// RLIMIT_MEMLOCK on kernels before 5.12) and invalid_state_error when this thread already
-    /// has a loop.
+    /// Sets up the backend (loop_options::backend, RINGIO_BACKEND): io_uring where it can be set
+    /// up and probed, else epoll, announced once per process through the log hook ("io_uring
+    /// unavailable (CAUSE); using epoll"). Forcing io_uring where it is unavailable throws
+    /// std::system_error naming the cause (ENOSYS: kernel without io_uring; EPERM: seccomp or
+    /// kernel.io_uring_disabled; ENOMEM: RLIMIT_MEMLOCK on kernels before 5.12); a bad
+    /// RINGIO_BACKEND throws std::invalid_argument; a second loop on this thread
+    /// invalid_state_error.
     explicit event_loop(loop_options options = {});
     /// Closes the loop: from now on posts to it are refused (invalid_state_error). What was
     /// posted before runs, Tasks still alive are cancelled and waited for, like a last
@@ -320,7 +352,10 @@ public:
 
     /// The loop's clock, read once per pass (after waiting for completions).
     using loop_core::now;
+    /// What io_uring offered (all false on the epoll backend).
     using loop_core::features;
+    /// The backend this loop runs on: io_uring or epoll (never automatic).
+    using loop_core::backend;
     /// Operations the kernel has not yet completed (including internal ones).
     [[nodiscard]] std::size_t in_flight() const noexcept { return inflight_; }
     [[nodiscard]] std::size_t live_tasks() const noexcept { return live_count_; }

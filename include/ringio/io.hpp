@@ -65,13 +65,17 @@ struct op_tracker {
 template <class Prep>
 class io_awaiter : io_request, suspension {
 public:
-    explicit io_awaiter(Prep fill, bool cancellable = true, op_tracker* tracker = nullptr) noexcept(
+    /// `raw`: `fill` is the user's (io::make), whatever io_uring opcode it wants; ringio's own
+    /// operations are among those the epoll backend performs too.
+    explicit io_awaiter(Prep fill, bool cancellable = true, op_tracker* tracker = nullptr, bool raw = false) noexcept(
         std::is_nothrow_move_constructible_v<Prep>)
-        : prep_fn_(std::move(fill)), tracker_(tracker), cancellable_(cancellable) {}
+        : prep_fn_(std::move(fill)), tracker_(tracker), cancellable_(cancellable), raw_(raw) {}
 
     bool await_ready() const noexcept { return false; }
 
     bool await_suspend(std::coroutine_handle<> h) {
+        if (raw_ && loop_core::running().backend() == backend_kind::epoll)
+            throw make_system_error(EOPNOTSUPP, "ringio: io::make runs raw io_uring operations; this loop runs on epoll");
         if (!begin(h, cancellable_ ? cancel_kind::interrupt : cancel_kind::none)) return false;
         io_request::prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
             static_cast<io_awaiter*>(r)->prep_fn_(sqe);
@@ -103,44 +107,56 @@ private:
     op_tracker* tracker_;
     io_result result_;
     bool cancellable_;
+    bool raw_;
 };
 
 }  // namespace detail
 
-/// An awaitable operation from any SQE-filling function: prep(io_uring_sqe*). The function
-/// and whatever it points to must stay valid until the co_await finishes.
-///
-///   co_await ringio::io::make([&](io_uring_sqe* s) { io_uring_prep_fsync(s, fd, 0); });
+namespace detail {
+/// ringio's own operations: one of the opcodes both backends perform.
+template <class Prep>
+[[nodiscard]] io_awaiter<Prep> op(Prep prep) {
+    return io_awaiter<Prep>(std::move(prep));
+}
+}  // namespace detail
+
 namespace io {
 
+/// An awaitable operation from any SQE-filling function: prep(io_uring_sqe*). The function
+/// and whatever it points to must stay valid until the co_await finishes. io_uring only, by
+/// nature: on a loop running on epoll the co_await throws std::system_error(EOPNOTSUPP). The
+/// operations below (read, write, poll, close, nop) work on both backends.
+///
+///   co_await ringio::io::make([&](io_uring_sqe* s) { io_uring_prep_fsync(s, fd, 0); });
 template <class Prep>
 [[nodiscard]] detail::io_awaiter<Prep> make(Prep prep) {
-    return detail::io_awaiter<Prep>(std::move(prep));
+    return detail::io_awaiter<Prep>(std::move(prep), true, nullptr, true);
 }
+
 
 /// Does nothing in the kernel; completes with 0. Useful to measure the ring itself.
 [[nodiscard]] inline auto nop() {
-    return make([](io_uring_sqe* s) noexcept { io_uring_prep_nop(s); });
+    return detail::op([](io_uring_sqe* s) noexcept { io_uring_prep_nop(s); });
 }
 
 /// read(2) at the file's position (offset -1), through the ring. Reads at most 1 GiB at once
 /// (an SQE's length is 32 bits): a larger buffer gets a short read, never a wrong length.
 [[nodiscard]] inline auto read(int fd, std::span<std::byte> buf) {
-    return make([fd, buf](io_uring_sqe* s) noexcept {
+    return detail::op([fd, buf](io_uring_sqe* s) noexcept {
         io_uring_prep_read(s, fd, buf.data(), detail::io_length(buf.size()), static_cast<std::uint64_t>(-1));
     });
 }
 
 /// write(2) at the file's position; may write fewer bytes than given (at most 1 GiB at once).
 [[nodiscard]] inline auto write(int fd, std::span<const std::byte> buf) {
-    return make([fd, buf](io_uring_sqe* s) noexcept {
+    return detail::op([fd, buf](io_uring_sqe* s) noexcept {
         io_uring_prep_write(s, fd, buf.data(), detail::io_length(buf.size()), static_cast<std::uint64_t>(-1));
     });
 }
 
 /// Waits until fd is ready for `events` (POLLIN, POLLOUT, ...); completes with the revents.
 [[nodiscard]] inline auto poll(int fd, unsigned events) {
-    return make([fd, events](io_uring_sqe* s) noexcept { io_uring_prep_poll_add(s, fd, events); });
+    return detail::op([fd, events](io_uring_sqe* s) noexcept { io_uring_prep_poll_add(s, fd, events); });
 }
 
 /// close(2) through the ring. Not a cancellation point: the fd is always closed, and a
@@ -150,7 +166,8 @@ template <class Prep>
 }
 
 /// A kernel timeout (IORING_OP_TIMEOUT): completes with -ETIME after `d`. sleep() is cheaper
-/// (a userspace timer); this one exists to exercise and measure the ring.
+/// (a userspace timer); this one exists to exercise and measure the ring, so it is io_uring
+/// only (on epoll it throws as io::make does).
 class kernel_timeout {
 public:
     explicit kernel_timeout(std::chrono::nanoseconds d) noexcept {

@@ -34,15 +34,27 @@ struct socket_state : op_tracker {
     bool orphaned = false;       // the owning socket is gone: close when idle
     bool closing = false;        // close() has begun: no new operation may start
     bool cancel_sent = false;
+    bool watched = false;       // registered with the loop's epoll backend (see attach)
     loop_core* loop = nullptr;  // where operations were last submitted
     struct closer;
     closer* closed_by = nullptr;  // the close() in progress (set with `closing`)
     void (*idle_hook)(void*) noexcept = nullptr;  // called last when inflight drops to 0; may free *this
     void* idle_ctx = nullptr;
 
-    /// Cancels every operation on the fd (IORING_ASYNC_CANCEL_FD where the kernel has it,
-    /// else shutdown(2), which ends blocked reads and writes just as well for sockets).
+    /// Binds to the loop that runs its operations (before each one starts); on the epoll
+    /// backend the fd is registered there once.
+    void attach(loop_core* l) noexcept {
+        loop = l;
+        if (!watched && l && l->backend() == backend_kind::epoll) watched = l->watch_fd(fd);
+    }
+    /// Cancels every operation on the fd (IORING_ASYNC_CANCEL_FD where the kernel has it, or
+    /// the epoll backend; else shutdown(2), which ends blocked reads and writes just as well).
     void cancel_all() noexcept;
+    /// The fd is about to be closed or handed away: the loop's epoll backend forgets it.
+    void unwatch() noexcept {
+        if (watched && loop) loop->forget_fd(fd);
+        watched = false;
+    }
     /// Closes the fd now (no operation may be in flight).
     void close_now() noexcept;
     static void idle(op_tracker* t) noexcept;
