@@ -85,15 +85,15 @@ public:
         size = (size + 63) & ~std::size_t{63};  // each buffer starts aligned for its header
         ring = std::make_unique<buffer_ring>(l, o.ring_buffers, size);
         recv_req.st = this;
-        recv_req.prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
-            datagram_state* st = static_cast<recv_request*>(r)->st;
-            io_uring_prep_recvmsg_multishot(sqe, st->sock.fd(), &st->ms_hdr, 0);
-            sqe->flags |= IOSQE_BUFFER_SELECT;
-            sqe->buf_group = st->ring->group();
-        };
-        recv_req.complete = [](io_request* r, int res, std::uint32_t flags) noexcept {
-            static_cast<recv_request*>(r)->st->on_recv(res, flags);
-        };
+        static constexpr io_ops recv_ops{
+            [](io_request* r, io_uring_sqe* sqe) noexcept {
+                datagram_state* st = static_cast<recv_request*>(r)->st;
+                io_uring_prep_recvmsg_multishot(sqe, st->sock.fd(), &st->ms_hdr, 0);
+                sqe->flags |= IOSQE_BUFFER_SELECT;
+                sqe->buf_group = st->ring->group();
+            },
+            [](io_request* r, int res, std::uint32_t flags) noexcept { static_cast<recv_request*>(r)->st->on_recv(res, flags); }};
+        recv_req.ops = &recv_ops;
     }
 
     // Submitted at the end of the pass (never fails here: it also runs from completions).

@@ -271,34 +271,37 @@ void start_listeners(const std::shared_ptr<server_state>& st) {
     for (socket& s : st->sockets) {
         auto l = std::make_unique<listener>(s);
         l->loop = &loop;
-        l->multishot = loop.features().multishot_accept;
+        // (the epoll backend performs a multishot accept too: every waiting connection per readiness)
+        l->multishot = loop.features().multishot_accept || loop.backend() == backend_kind::epoll;
         l->req.l = l.get();
-        l->req.prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
-            listener* li = static_cast<listener::accept_request*>(r)->l;
-            if (li->multishot)
-                io_uring_prep_multishot_accept(sqe, li->sock.fd(), nullptr, nullptr, SOCK_CLOEXEC);
-            else
-                io_uring_prep_accept(sqe, li->sock.fd(), nullptr, nullptr, SOCK_CLOEXEC);
-        };
-        l->req.complete = [](io_request* r, int res, std::uint32_t flags) noexcept {
-            listener* li = static_cast<listener::accept_request*>(r)->l;
-            if (res >= 0) {
-                try {
-                    li->ready.push_back(res);
-                } catch (const std::bad_alloc&) {  // (a completion must not throw)
-                    ::close(res);  // no memory for this connection: refused, as by the kernel
-                    li->error = -ENOMEM;
+        static constexpr io_ops accept_ops{
+            [](io_request* r, io_uring_sqe* sqe) noexcept {
+                listener* li = static_cast<listener::accept_request*>(r)->l;
+                if (li->multishot)
+                    io_uring_prep_multishot_accept(sqe, li->sock.fd(), nullptr, nullptr, SOCK_CLOEXEC);
+                else
+                    io_uring_prep_accept(sqe, li->sock.fd(), nullptr, nullptr, SOCK_CLOEXEC);
+            },
+            [](io_request* r, int res, std::uint32_t flags) noexcept {
+                listener* li = static_cast<listener::accept_request*>(r)->l;
+                if (res >= 0) {
+                    try {
+                        li->ready.push_back(res);
+                    } catch (const std::bad_alloc&) {  // (a completion must not throw)
+                        ::close(res);  // no memory for this connection: refused, as by the kernel
+                        li->error = -ENOMEM;
+                    }
+                } else {
+                    li->error = res;
                 }
-            } else {
-                li->error = res;
-            }
-            bool done = !(flags & IORING_CQE_F_MORE);
-            li->wake();
-            if (done) {
-                li->armed = false;
-                li->sock.state_ptr()->end();  // last: may run the socket's idle hook
-            }
-        };
+                bool done = !(flags & IORING_CQE_F_MORE);
+                li->wake();
+                if (done) {
+                    li->armed = false;
+                    li->sock.state_ptr()->end();  // last: may run the socket's idle hook
+                }
+            }};
+        l->req.ops = &accept_ops;
         st->listeners.push_back(std::move(l));
     }
     for (auto& l : st->listeners) {

@@ -2,6 +2,7 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -83,6 +84,10 @@ int socket::release() noexcept {
     if (!s) return -1;
     s->unwatch();
     int fd = s->fd;
+    if (s->nonblocking_set) {  // handed back as it came: blocking (the epoll backend changed it)
+        int flags = ::fcntl(fd, F_GETFL);
+        if (flags >= 0) ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+    }
     s->fd = -1;
     if (s->inflight == 0)
         delete s;
@@ -171,10 +176,23 @@ task<std::pair<socket, endpoint>> socket::accept() {
 }
 
 task<std::size_t> socket::recv(std::span<std::byte> buf, int flags) {
-    int fd = state()->fd;
-    io_result r = co_await op([&](io_uring_sqe* s) noexcept { io_uring_prep_recv(s, fd, buf.data(), detail::io_length(buf.size()), flags); });
-    if (!r) fail(-r.res, "recv");
-    co_return r.value();
+    detail::socket_state* st = state();
+    int fd = st->fd;
+    // MSG_WAITALL on the epoll backend (whose receives never block): receive until the buffer
+    // is full, as io_uring does, or EOF.
+    const bool wait_all = (flags & MSG_WAITALL) && st->loop && st->loop->backend() == backend_kind::epoll;
+    std::size_t got = 0;
+    do {
+        std::span<std::byte> rest = buf.subspan(got);
+        io_result r = co_await op([&](io_uring_sqe* s) noexcept { io_uring_prep_recv(s, fd, rest.data(), detail::io_length(rest.size()), flags); });
+        if (!r) {
+            if (got > 0) break;  // what came before the error is returned (it was consumed)
+            fail(-r.res, "recv");
+        }
+        got += r.value();
+        if (r.value() == 0) break;
+    } while (wait_all && got < buf.size());
+    co_return got;
 }
 
 task<std::size_t> socket::send_some(std::span<const std::byte> buf, int flags) {

@@ -15,50 +15,64 @@ namespace detail {
 
 stream_state::stream_state(socket s, std::size_t lim) : sock(std::move(s)), limit(lim), loop_(&loop_core::running()) {
     if (limit == 0) throw std::invalid_argument("ringio: stream limit must be positive");
-    send_req().prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
-        stream_state* st = of(static_cast<stream_send_request*>(r));
-        int fd = st->sock.fd();
-        // TRICKY: filled at submit time, so every write() of this pass goes out in one send.
-        if (st->send_off_ == st->sending_.size()) {
-            st->sending_.clear();
-            st->send_off_ = 0;
-            std::swap(st->sending_, st->pending_);
-        }
-        if (st->aborted_) {
-            st->kind_ = send_kind::nop;
-            io_uring_prep_nop(sqe);
-        } else if (!st->sending_.empty()) {
-            st->kind_ = send_kind::send;
-            io_uring_prep_send(sqe, fd, st->sending_.data() + st->send_off_,
-                               io_length(st->sending_.size() - st->send_off_), MSG_NOSIGNAL);
-        } else if (st->fin_ == fin::requested) {
-            st->kind_ = send_kind::shutdown;
-            io_uring_prep_shutdown(sqe, fd, SHUT_WR);
-        } else {
-            st->kind_ = send_kind::nop;
-            io_uring_prep_nop(sqe);
-        }
-    };
-    send_req().complete = [](io_request* r, int res, std::uint32_t) noexcept {
-        of(static_cast<stream_send_request*>(r))->on_sent(res);
-    };
+    static constexpr io_ops send_ops{
+        [](io_request* r, io_uring_sqe* sqe) noexcept {
+            stream_state* st = of(static_cast<stream_send_request*>(r));
+            int fd = st->sock.fd();
+            // TRICKY: filled at submit time, so every write() of this pass goes out in one send.
+            if (st->send_off_ == st->sending_.size()) {
+                st->sending_.clear();
+                st->send_off_ = 0;
+                std::swap(st->sending_, st->pending_);
+            }
+            if (st->aborted_) {
+                st->kind_ = send_kind::nop;
+                io_uring_prep_nop(sqe);
+            } else if (!st->sending_.empty()) {
+                st->kind_ = send_kind::send;
+                io_uring_prep_send(sqe, fd, st->sending_.data() + st->send_off_,
+                                   io_length(st->sending_.size() - st->send_off_), MSG_NOSIGNAL);
+            } else if (st->fin_ == fin::requested) {
+                st->kind_ = send_kind::shutdown;
+                io_uring_prep_shutdown(sqe, fd, SHUT_WR);
+            } else {
+                st->kind_ = send_kind::nop;
+                io_uring_prep_nop(sqe);
+            }
+        },
+        [](io_request* r, int res, std::uint32_t) noexcept { of(static_cast<stream_send_request*>(r))->on_sent(res); }};
+    send_req().ops = &send_ops;
+    // Receiving into shared memory: the loop's provided buffer ring (io_uring), or the epoll
+    // backend's one receive buffer, which each receive copies out of as soon as it completes
+    // (the reactor performs one receive at a time). Either way an idle connection holds no
+    // receive buffer. Otherwise (stream_buffers = 0, old kernels) one receive per read.
     bufs_ = loop_->stream_buffers();
+    scratch_recv_ = !bufs_ && !loop_->receive_scratch().empty();
     if (!bufs_) direct_recv_ = nullptr;  // (the union's other member)
-    if (bufs_) {
-        recv_req().prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
+    static constexpr io_ops ring_recv_ops{
+        [](io_request* r, io_uring_sqe* sqe) noexcept {
             stream_state* st = of(static_cast<stream_recv_request*>(r));
             st->recycled_mark_ = st->bufs_->recycled();
             io_uring_prep_recv(sqe, st->sock.fd(), nullptr, 0, 0);
             sqe->flags |= IOSQE_BUFFER_SELECT;
             sqe->buf_group = st->bufs_->group();
-        };
-        recv_req().complete = [](io_request* r, int res, std::uint32_t flags) noexcept {
-            of(static_cast<stream_recv_request*>(r))->on_recv(res, flags);
-        };
+        },
+        [](io_request* r, int res, std::uint32_t flags) noexcept { of(static_cast<stream_recv_request*>(r))->on_recv(res, flags); }};
+    static constexpr io_ops scratch_recv_ops{
+        [](io_request* r, io_uring_sqe* sqe) noexcept {
+            stream_state* st = of(static_cast<stream_recv_request*>(r));
+            std::span<std::byte> scratch = st->loop_->receive_scratch();
+            io_uring_prep_recv(sqe, st->sock.fd(), scratch.data(), scratch.size(), 0);
+        },
+        [](io_request* r, int res, std::uint32_t flags) noexcept { of(static_cast<stream_recv_request*>(r))->on_recv(res, flags); }};
+    if (bufs_) {
+        recv_req().ops = &ring_recv_ops;
         buffers_back().ready = [](buffer_waiter* w) noexcept {
             stream_state* st = of(static_cast<stream_buffers_back*>(w));
             st->arm_recv();  // even if its reader left: the next buffer returned must wake someone
         };
+    } else if (scratch_recv_) {
+        recv_req().ops = &scratch_recv_ops;
     }
     socket_state* ss = sock.state_ptr();
     ss->attach(loop_);
@@ -163,7 +177,7 @@ void stream_state::maybe_finish_close() noexcept {
 
 void stream_state::finish_close() noexcept {
     phase_ = phase::closed;
-    if (bufs_) {
+    if (has_shared_receive()) {
         buffer_ring::cancel_wait(&buffers_back());
         // What arrived stays readable, in the stream's own memory: a closed stream may be kept
         // for long, and must not keep ring buffers other connections need.

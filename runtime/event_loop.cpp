@@ -120,10 +120,11 @@ void loop_core::setup_backend(const loop_options& options) {
         }
     }
     reactor_ = std::make_unique<reactor>();
+    scratch_ = std::make_unique_for_overwrite<std::byte[]>(scratch_size);
     reactor_->done_ctx = this;
-    reactor_->done = [](void* ctx, io_request* r, int res) noexcept {
-        --static_cast<loop_core*>(ctx)->inflight_;
-        r->complete(r, res, 0);
+    reactor_->done = [](void* ctx, io_request* r, int res, std::uint32_t flags) noexcept {
+        if (!(flags & IORING_CQE_F_MORE)) --static_cast<loop_core*>(ctx)->inflight_;
+        r->complete(res, flags);
     };
 }
 
@@ -145,23 +146,31 @@ loop_core::loop_core(const loop_options& options) {
     }
     ready_.reserve(256);
     inbox_ = std::make_shared<inbox>();
-    if (reactor_ && !reactor_->try_watch(inbox_->fd()))
+    bool made_nonblocking;  // (an eventfd made with EFD_NONBLOCK)
+    if (reactor_ && !reactor_->try_watch(inbox_->fd(), &made_nonblocking))
         throw make_system_error(errno, "ringio: epoll_ctl for the loop's wake-up");
     wake_req_.loop = this;
-    wake_req_.prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
-        loop_core* loop = static_cast<wake_request*>(r)->loop;
-        io_uring_prep_read(sqe, loop->inbox_->fd(), &loop->wake_buf_, sizeof loop->wake_buf_, 0);
-    };
-    wake_req_.complete = [](io_request* r, int, std::uint32_t) noexcept {
-        loop_core* loop = static_cast<wake_request*>(r)->loop;
-        loop->wake_armed_ = false;
-        loop->inbox_ready_ = true;
-    };
+    static constexpr io_ops wake_ops{
+        [](io_request* r, io_uring_sqe* sqe) noexcept {
+            loop_core* loop = static_cast<wake_request*>(r)->loop;
+            // Offset -1: an eventfd has no position (io_uring ignores the offset; a pread would fail).
+            io_uring_prep_read(sqe, loop->inbox_->fd(), &loop->wake_buf_, sizeof loop->wake_buf_,
+                               static_cast<std::uint64_t>(-1));
+        },
+        [](io_request* r, int, std::uint32_t) noexcept {
+            loop_core* loop = static_cast<wake_request*>(r)->loop;
+            loop->wake_armed_ = false;
+            loop->inbox_ready_ = true;
+        }};
+    wake_req_.ops = &wake_ops;
     now_ = clock::now();
     tls_core = this;
 }
 
-bool loop_core::watch_fd(int fd) noexcept { return !reactor_ || reactor_->try_watch(fd); }
+bool loop_core::watch_fd(int fd, bool* made_nonblocking) noexcept {
+    *made_nonblocking = false;
+    return !reactor_ || reactor_->try_watch(fd, made_nonblocking);
+}
 void loop_core::forget_fd(int fd) noexcept {
     if (reactor_) reactor_->forget(fd);
 }
@@ -274,7 +283,7 @@ void loop_core::push_sqe(io_request* r) {
         return;
     }
     io_uring_sqe* sqe = get_sqe();
-    r->prep(r, sqe);
+    r->prep(sqe);
     io_uring_sqe_set_data(sqe, r);
     ++inflight_;
 }
@@ -295,7 +304,7 @@ void loop_core::cancel_io(io_request* r) noexcept {
     }
     if (r->linked()) {  // never reached the kernel
         intrusive_list<io_request>::erase(r);
-        r->complete(r, -ECANCELED, 0);
+        r->complete(-ECANCELED, 0);
         return;
     }
     try {
@@ -341,7 +350,7 @@ void loop_core::reap() noexcept {
         if (!(cqe->flags & IORING_CQE_F_MORE)) --inflight_;
         if (udata == ignored_udata) continue;
         auto* req = reinterpret_cast<io_request*>(static_cast<std::uintptr_t>(udata));
-        req->complete(req, cqe->res, cqe->flags);
+        req->complete(cqe->res, cqe->flags);
     }
     io_uring_cq_advance(r, count);
 }
@@ -357,8 +366,10 @@ void loop_core::wait_for_completions(bool block) {
     if (reactor_) {
         reactor_->flush();  // what this pass submitted: often done at once, without waiting
         long long timeout = 0;
-        // (nothing in flight and no timer: nothing could end the wait; during shutdown)
-        if (block && ready_.empty() && (inflight_ > 0 || !timers_.empty())) {
+        // Not while operations wait for the next flush (submitted by this one's completions),
+        // nor with nothing in flight and no timer (nothing could end the wait; at shutdown).
+        // Nor when the flush completed the wake-up read (the inbox waits to be drained).
+        if (block && ready_.empty() && !inbox_ready_ && !reactor_->has_work() && (inflight_ > 0 || !timers_.empty())) {
             timeout = -1;
             if (!timers_.empty()) {
                 auto wait = timers_.top()->deadline - clock::now();
@@ -513,10 +524,12 @@ void loop_core::shutdown() {
         bool cancel_any_pending = false;
         flag_request req;
         req.flag = &cancel_any_pending;
-        req.prep = [](io_request*, io_uring_sqe* sqe) noexcept { io_uring_prep_cancel(sqe, nullptr, IORING_ASYNC_CANCEL_ANY); };
-        req.complete = [](io_request* r, int, std::uint32_t) noexcept { *static_cast<flag_request*>(r)->flag = false; };
+        static constexpr io_ops cancel_any_ops{
+            [](io_request*, io_uring_sqe* sqe) noexcept { io_uring_prep_cancel(sqe, nullptr, IORING_ASYNC_CANCEL_ANY); },
+            [](io_request* r, int, std::uint32_t) noexcept { *static_cast<flag_request*>(r)->flag = false; }};
+        req.ops = &cancel_any_ops;
         while (inflight_ > 0 || !ready_.empty() || !overflow_.empty()) {
-            while (io_request* r = overflow_.pop_front()) r->complete(r, -ECANCELED, 0);
+            while (io_request* r = overflow_.pop_front()) r->complete(-ECANCELED, 0);
             if (reactor_) {
                 reactor_->cancel_all();
             } else if (inflight_ > 0 && !cancel_any_pending) {
@@ -524,7 +537,7 @@ void loop_core::shutdown() {
                 push_sqe(&req);
             }
             run_ready();
-            while (io_request* r = overflow_.pop_front()) r->complete(r, -ECANCELED, 0);
+            while (io_request* r = overflow_.pop_front()) r->complete(-ECANCELED, 0);
             wait_for_completions(ready_.empty() && inflight_ > 0);
         }
         stopping_ = false;

@@ -7,6 +7,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstring>
@@ -18,6 +19,11 @@ namespace {
 
 constexpr std::uint32_t in_events = EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR;
 constexpr std::uint32_t out_events = EPOLLOUT | EPOLLHUP | EPOLLERR;
+// A watched socket: reading always (edge-triggered); writing only while a writer waits.
+constexpr std::uint32_t watched_events = EPOLLIN | EPOLLRDHUP | EPOLLET;
+// How often an operation with nothing to wait for is tried again (a Unix connect to a full
+// backlog: the kernel offers no readiness event for it).
+constexpr long long retry_ns = 10'000'000;
 
 // The readiness an operation waits for, from its description.
 std::uint32_t events_of(const io_uring_sqe& sqe) noexcept {
@@ -36,12 +42,32 @@ std::uint32_t events_of(const io_uring_sqe& sqe) noexcept {
 
 int fail() noexcept { return errno == EWOULDBLOCK ? -EAGAIN : -errno; }
 
+// Receive flags after which the socket's readiness says nothing about its data.
+constexpr unsigned keeps_readiness = MSG_PEEK | MSG_ERRQUEUE | MSG_OOB;
+
+// read()/write() for offset -1 (the file's position), pread()/pwrite() otherwise: the plain
+// call, for files epoll cannot watch and fds without RWF_NOWAIT.
+ssize_t plain_rw(bool read, int fd, const iovec& iov, std::uint64_t off) noexcept {
+    ssize_t n;
+    do {
+        if (off == static_cast<std::uint64_t>(-1))
+            n = read ? ::readv(fd, &iov, 1) : ::writev(fd, &iov, 1);
+        else
+            n = read ? ::preadv(fd, &iov, 1, static_cast<off_t>(off)) : ::pwritev(fd, &iov, 1, static_cast<off_t>(off));
+    } while (n < 0 && errno == EINTR);
+    return n;
+}
+
 }  // namespace
 
 reactor::reactor() {
     epfd_ = ::epoll_create1(EPOLL_CLOEXEC);
     if (epfd_ < 0) throw make_system_error(errno, "ringio: epoll_create1");
     events_.resize(256);
+    // epoll_pwait2 waits to the nanosecond (5.11); a seccomp profile that does not know it
+    // refuses it (EPERM), an older kernel lacks it (ENOSYS): then epoll_wait, in milliseconds.
+    timespec zero{};
+    if (::epoll_pwait2(epfd_, events_.data(), 1, &zero, nullptr) < 0 && errno != EINTR) have_pwait2_ = false;
 }
 
 reactor::~reactor() { ::close(epfd_); }
@@ -58,7 +84,12 @@ reactor::fd_entry& reactor::entry(int fd) {
     return *fds_[i];
 }
 
-bool reactor::try_watch(int fd) noexcept {
+void reactor::reset(fd_entry& e) noexcept {
+    e.watched = e.registered = e.stream = e.out_registered = e.connecting = e.cancel_untried = e.hung_up = false;
+    e.readable = e.writable = true;
+}
+
+bool reactor::try_watch(int fd, bool* made_nonblocking) noexcept {
     fd_entry* ep;
     try {
         ep = &entry(fd);
@@ -67,94 +98,119 @@ bool reactor::try_watch(int fd) noexcept {
         return false;
     }
     fd_entry& e = *ep;
-    if (e.watched) return true;
+    // Always registered afresh: the number may have been another file's (closed behind this
+    // loop's back, or watched by another loop), whose state must not carry over.
+    bool was_registered = e.registered;
+    reset(e);
     int flags = ::fcntl(fd, F_GETFL);
-    if (flags >= 0 && !(flags & O_NONBLOCK)) ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+    *made_nonblocking = flags >= 0 && !(flags & O_NONBLOCK) && ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0;
+    int type = 0;
+    socklen_t len = sizeof type;
+    e.stream = ::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM;
     epoll_event ev{};
-    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    ev.events = watched_events;
     ev.data.fd = fd;
-    int op = e.registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
-    if (::epoll_ctl(epfd_, op, fd, &ev) != 0) {
-        // The number was registered one-shot before (and is still), or was closed behind our
-        // back and now names another file: whichever it is, make the registration this one.
-        int err = errno;
+    int err = 0;
+    if (::epoll_ctl(epfd_, was_registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) != 0) {
+        err = errno;
         if (err == EEXIST) err = ::epoll_ctl(epfd_, EPOLL_CTL_MOD, fd, &ev) == 0 ? 0 : errno;
         else if (err == ENOENT) err = ::epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) == 0 ? 0 : errno;
-        if (err != 0) {
-            errno = err;
-            return false;
-        }
+    }
+    if (err != 0) {
+        errno = err;
+        return false;
     }
     e.watched = e.registered = true;
-    e.readable = e.writable = true;  // not known yet: the first operation tries
-    e.connecting = false;
     return true;
 }
 
 void reactor::forget(int fd) noexcept {
-    auto i = static_cast<std::size_t>(fd);
-    if (fd < 0 || i >= fds_.size() || !fds_[i]) return;
-    fd_entry& e = *fds_[i];
-    if (e.registered) ::epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
-    e.watched = e.registered = e.connecting = false;
-    e.readable = e.writable = true;
+    fd_entry* e = find(fd);
+    if (!e) return;
+    if (e->registered) ::epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
+    // (nothing should wait on an fd being closed; whatever does is cancelled, not lost)
+    while (io_request* r = e->waiting.pop_front()) {
+        r->reactor_state = cancelled;
+        cancelled_.push_back(r);
+    }
+    reset(*e);
 }
 
-void reactor::finish(io_request* r, int res) noexcept { done(done_ctx, r, res); }
+void reactor::submit(io_request* r) noexcept {
+    r->reactor_state = pending;
+    pending_.push_back(r);
+}
+
+void reactor::finish(io_request* r, int res, std::uint32_t flags) noexcept {
+    if (!(flags & IORING_CQE_F_MORE)) r->reactor_state = idle;
+    done(done_ctx, r, res, flags);
+}
 
 void reactor::flush() noexcept {
-    // Operations submitted while these run (a completion that submits again) wait for the next
-    // flush, as they would for the next io_uring_enter.
-    intrusive_list<io_request> now;
-    while (io_request* r = pending_.pop_front()) now.push_back(r);
-    intrusive_list<io_request> untried;
-    while (io_request* r = cancel_untried_.pop_front()) untried.push_back(r);
-    intrusive_list<io_request> cancelled;
-    while (io_request* r = cancelled_.pop_front()) cancelled.push_back(r);
-    while (io_request* r = now.pop_front()) attempt(r);
-    while (io_request* r = untried.pop_front()) {
-        // Cancelled before it was tried: it still goes first (as it would reach the kernel before
-        // its cancel), and keeps a result it gets at once.
-        attempt(r);
-        if (r->linked() && !in(pending_, r)) {  // it waits (not resubmitted by its completion): cancelled
-            intrusive_list<io_request>::erase(r);
-            finish(r, -ECANCELED);
-        }
+    // Only what is here now: what the completions submit waits for the next flush, as for the
+    // next io_uring_enter (the loop does not block while some waits: has_work()). The requests
+    // stay in their lists until their turn, so that a cancel reaches them meanwhile.
+    std::size_t n = 0;
+    pending_.for_each([&n](io_request*) { ++n; });
+    for (; n > 0; --n) {
+        io_request* r = pending_.pop_front();
+        if (!r) break;
+        bool cancel_once = r->reactor_state == pending_cancelled;
+        r->reactor_state = running;
+        attempt(r, cancel_once);
     }
-    while (io_request* r = cancelled.pop_front()) finish(r, -ECANCELED);
+    n = 0;
+    cancelled_.for_each([&n](io_request*) { ++n; });
+    for (; n > 0; --n) {
+        io_request* r = cancelled_.pop_front();
+        if (!r) break;
+        finish(r, -ECANCELED);
+    }
+    for (int fd : cancel_fds_)
+        if (fd_entry* e = find(fd)) e->cancel_untried = false;
+    cancel_fds_.clear();
 }
 
-void reactor::attempt(io_request* r) noexcept {
+void reactor::attempt(io_request* r, bool cancel_once) noexcept {
     io_uring_sqe sqe{};
-    r->prep(r, &sqe);
+    r->prep(&sqe);
     const int fd = sqe.fd;
     auto* addr = reinterpret_cast<void*>(static_cast<std::uintptr_t>(sqe.addr));
+    fd_entry* e = find(fd);
+    if (e && e->cancel_untried) cancel_once = true;
     int res = -EAGAIN;  // a case that breaks without a result: the fd is known not to be ready
     switch (sqe.opcode) {
     case IORING_OP_NOP:
-        finish(r, 0);
-        return;
+        res = 0;
+        break;
     case IORING_OP_RECV:
     case IORING_OP_RECVMSG: {
         // No provided buffers (the loop has none on this backend) and no multishot.
         if ((sqe.flags & IOSQE_BUFFER_SELECT) || (sqe.ioprio & IORING_RECV_MULTISHOT)) {
-            finish(r, -EINVAL);
-            return;
+            res = -EINVAL;
+            break;
         }
-        fd_entry* e = find(fd);
-        if (e && e->watched && !e->readable) break;  // known empty: wait for the edge, no system call
+        const bool plain = !(sqe.msg_flags & keeps_readiness);
+        if (plain && e && e->watched && !e->readable) break;  // known empty: wait for the edge
         ssize_t n;
         do {
             n = sqe.opcode == IORING_OP_RECV ? ::recv(fd, addr, sqe.len, static_cast<int>(sqe.msg_flags) | MSG_DONTWAIT)
                                              : ::recvmsg(fd, static_cast<msghdr*>(addr), static_cast<int>(sqe.msg_flags) | MSG_DONTWAIT);
         } while (n < 0 && errno == EINTR);
         res = n >= 0 ? static_cast<int>(n) : fail();
-        if (res == -EAGAIN && e) e->readable = false;
+        if (plain && e && e->watched) {
+            // Drained: EAGAIN, or a stream socket that gave less than asked for (any later
+            // arrival raises a new edge). A datagram says nothing about the next one.
+            // (Not once the peer's FIN or an error was seen: a FIN queued behind the data read
+            // raised its edge before this read, and the next read must return it.)
+            if (res == -EAGAIN ||
+                (e->stream && !e->hung_up && sqe.opcode == IORING_OP_RECV && res > 0 && static_cast<unsigned>(res) < sqe.len))
+                e->readable = false;
+        }
         break;
     }
     case IORING_OP_SEND:
     case IORING_OP_SENDMSG: {
-        fd_entry* e = find(fd);
         if (e && e->watched && !e->writable) break;
         ssize_t n;
         int flags = static_cast<int>(sqe.msg_flags) | MSG_DONTWAIT | MSG_NOSIGNAL;
@@ -163,41 +219,54 @@ void reactor::attempt(io_request* r) noexcept {
                                              : ::sendmsg(fd, static_cast<const msghdr*>(addr), flags);
         } while (n < 0 && errno == EINTR);
         res = n >= 0 ? static_cast<int>(n) : fail();
-        if (res == -EAGAIN && e) e->writable = false;
+        // Full: EAGAIN, or a short send (the rest would get EAGAIN).
+        if (e && e->watched && (res == -EAGAIN || (sqe.opcode == IORING_OP_SEND && res >= 0 && static_cast<unsigned>(res) < sqe.len)))
+            e->writable = false;
         break;
     }
     case IORING_OP_ACCEPT: {
-        if (sqe.ioprio & IORING_ACCEPT_MULTISHOT) {
-            finish(r, -EINVAL);
-            return;
-        }
-        fd_entry* e = find(fd);
         if (e && e->watched && !e->readable) break;
         auto* len = reinterpret_cast<socklen_t*>(static_cast<std::uintptr_t>(sqe.off));
-        int c;
-        do {
-            c = ::accept4(fd, static_cast<sockaddr*>(addr), len, static_cast<int>(sqe.accept_flags) | SOCK_NONBLOCK);
-        } while (c < 0 && errno == EINTR);
-        res = c >= 0 ? c : fail();
-        if (res == -EAGAIN && e) e->readable = false;
+        const bool multishot = sqe.ioprio & IORING_ACCEPT_MULTISHOT;
+        // A multishot accept takes every connection waiting (until EAGAIN), each a completion
+        // with IORING_CQE_F_MORE, then waits for more; a single one takes one.
+        while (true) {
+            int c;
+            do {
+                c = ::accept4(fd, static_cast<sockaddr*>(addr), len, static_cast<int>(sqe.accept_flags));
+            } while (c < 0 && errno == EINTR);
+            res = c >= 0 ? c : fail();
+            if (res == -EAGAIN && e && e->watched) e->readable = false;
+            if (!multishot || res < 0) break;
+            finish(r, res, IORING_CQE_F_MORE);
+            if (r->reactor_state == running_cancelled) {  // cancelled by that completion
+                res = -ECANCELED;
+                break;
+            }
+        }
         break;
     }
     case IORING_OP_CONNECT: {
-        // A socket's fd is watched before its first operation, so it has an entry.
-        fd_entry* e = find(fd);
         if (!e || !e->connecting) {
             if (::connect(fd, static_cast<const sockaddr*>(addr), static_cast<socklen_t>(sqe.off)) == 0) {
                 res = 0;
-            } else if (errno == EINPROGRESS || errno == EAGAIN) {
-                if (!e) {
-                    res = -EINVAL;  // (not a watched socket: cannot tell when it connects)
-                    break;
-                }
+            } else if (errno == EINPROGRESS && e) {
                 e->connecting = true;
                 e->writable = false;
                 res = -EAGAIN;
+            } else if (errno == EAGAIN) {
+                // A Unix socket whose listener's backlog is full: nothing is in progress and no
+                // event will say when there is room. Tried again in a moment, as a blocking
+                // connect would wait.
+                r->reactor_state = cancel_once ? running : parked;
+                if (cancel_once) {
+                    finish(r, -ECANCELED);
+                } else {
+                    retry_.push_back(r);
+                }
+                return;
             } else {
-                res = -errno;
+                res = errno == EINPROGRESS ? -EINVAL : -errno;  // (not a watched socket: cannot wait)
             }
             break;
         }
@@ -208,10 +277,7 @@ void reactor::attempt(io_request* r) noexcept {
         if (err == 0) {
             sockaddr_storage peer{};
             socklen_t pn = sizeof peer;
-            if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pn) != 0) {
-                res = -EAGAIN;  // not yet
-                break;
-            }
+            if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pn) != 0) break;  // not yet
         }
         e->connecting = false;
         res = -err;
@@ -226,14 +292,25 @@ void reactor::attempt(io_request* r) noexcept {
         break;
     case IORING_OP_READ:
     case IORING_OP_WRITE: {
+        const bool read = sqe.opcode == IORING_OP_READ;
         iovec iov{addr, sqe.len};
-        auto off = static_cast<off_t>(sqe.off);  // -1: the file's position
+        // Offset -1 is the file's position; on a pipe, socket or tty the offset means nothing
+        // (io_uring ignores it), so ESPIPE asks again without it.
+        auto off = static_cast<off_t>(sqe.off);
         ssize_t n;
         do {
-            n = sqe.opcode == IORING_OP_READ ? ::preadv2(fd, &iov, 1, off, RWF_NOWAIT) : ::pwritev2(fd, &iov, 1, off, RWF_NOWAIT);
+            n = read ? ::preadv2(fd, &iov, 1, off, RWF_NOWAIT) : ::pwritev2(fd, &iov, 1, off, RWF_NOWAIT);
+            if (n < 0 && errno == ESPIPE && off != -1) {
+                off = -1;
+                continue;
+            }
         } while (n < 0 && errno == EINTR);
-        if (n < 0 && errno == EOPNOTSUPP)  // (a file without RWF_NOWAIT: a plain call, it does not block long)
-            n = sqe.opcode == IORING_OP_READ ? ::preadv(fd, &iov, 1, off) : ::pwritev(fd, &iov, 1, off);
+        if (n < 0 && errno == EOPNOTSUPP) {
+            // No RWF_NOWAIT for this file (a tty, an older kernel): the plain call, but only once
+            // it would not block; else wait for readiness and come back.
+            pollfd p{fd, static_cast<short>(read ? POLLIN : POLLOUT), 0};
+            n = ::poll(&p, 1, 0) > 0 ? plain_rw(read, fd, iov, static_cast<std::uint64_t>(off)) : (errno = EAGAIN, -1);
+        }
         res = n >= 0 ? static_cast<int>(n) : fail();
         break;
     }
@@ -246,17 +323,21 @@ void reactor::attempt(io_request* r) noexcept {
     default:
         // Not an operation ringio performs on this backend (io::make and kernel_timeout are
         // io_uring's; they refuse before submitting).
-        finish(r, -EOPNOTSUPP);
+        res = -EOPNOTSUPP;
+        break;
+    }
+    if (res != -EAGAIN) {
+        finish(r, res);
         return;
     }
-    if (res == -EAGAIN) {
-        park(r, fd, events_of(sqe));
+    if (cancel_once || r->reactor_state == running_cancelled) {
+        finish(r, -ECANCELED);
         return;
     }
-    finish(r, res);
+    park(r, fd, events_of(sqe));
 }
 
-void reactor::park(io_request* r, int fd, std::uint32_t) noexcept {
+void reactor::park(io_request* r, int fd, std::uint32_t events) noexcept {
     fd_entry* ep;
     try {
         ep = &entry(fd);
@@ -265,15 +346,30 @@ void reactor::park(io_request* r, int fd, std::uint32_t) noexcept {
         return;
     }
     fd_entry& e = *ep;
+    r->reactor_state = parked;
     e.waiting.push_back(r);
-    if (!e.watched) rearm_oneshot(fd, e);  // a watched fd's registration covers every wait
+    if (!e.watched) {
+        rearm_oneshot(fd, e);
+    } else if ((events & EPOLLOUT) && !e.out_registered) {
+        // Writability, edge-triggered, for as long as a writer waits. If the socket is writable
+        // already, the kernel reports it at once (no lost wake-up).
+        epoll_event ev{};
+        ev.events = watched_events | EPOLLOUT;
+        ev.data.fd = fd;
+        if (::epoll_ctl(epfd_, EPOLL_CTL_MOD, fd, &ev) == 0) {
+            e.out_registered = true;
+        } else {
+            intrusive_list<io_request>::erase(r);
+            finish(r, -errno);
+        }
+    }
 }
 
 void reactor::rearm_oneshot(int fd, fd_entry& e) noexcept {
     std::uint32_t want = 0;
     e.waiting.for_each([&want](io_request* w) {
         io_uring_sqe sqe{};
-        w->prep(w, &sqe);
+        w->prep(&sqe);
         want |= events_of(sqe);
     });
     epoll_event ev{};
@@ -291,16 +387,15 @@ void reactor::rearm_oneshot(int fd, fd_entry& e) noexcept {
         return;
     }
     // Not pollable (EPERM: a regular file, always "ready"), or no fd at all (EBADF): do the
-    // operations the plain way, which for a file does not block for long, or fails.
+    // operations the plain way (file I/O on the loop's thread, as the kernel would do it for a
+    // non-blocking read of a file), or fail them.
     while (io_request* w = e.waiting.pop_front()) {
         io_uring_sqe sqe{};
-        w->prep(w, &sqe);
+        w->prep(&sqe);
         iovec iov{reinterpret_cast<void*>(static_cast<std::uintptr_t>(sqe.addr)), sqe.len};
         ssize_t n = -1;
-        if (err == EPERM && sqe.opcode == IORING_OP_READ)
-            n = ::preadv(fd, &iov, 1, static_cast<off_t>(sqe.off));
-        else if (err == EPERM && sqe.opcode == IORING_OP_WRITE)
-            n = ::pwritev(fd, &iov, 1, static_cast<off_t>(sqe.off));
+        if (err == EPERM && (sqe.opcode == IORING_OP_READ || sqe.opcode == IORING_OP_WRITE))
+            n = plain_rw(sqe.opcode == IORING_OP_READ, fd, iov, sqe.off);
         else if (err == EPERM && sqe.opcode == IORING_OP_POLL_ADD)
             n = static_cast<ssize_t>(events_of(sqe));  // a file is always ready
         else
@@ -310,79 +405,131 @@ void reactor::rearm_oneshot(int fd, fd_entry& e) noexcept {
 }
 
 void reactor::on_ready(int fd, std::uint32_t events) noexcept {
-    auto i = static_cast<std::size_t>(fd);
-    if (i >= fds_.size() || !fds_[i]) return;
-    fd_entry& e = *fds_[i];
+    fd_entry* ep = find(fd);
+    if (!ep) return;
+    fd_entry& e = *ep;
     if (events & in_events) e.readable = true;
+    if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) e.hung_up = true;
     if (events & out_events) e.writable = true;
-    // Every waiter tries again, in order; those that would block wait again.
-    intrusive_list<io_request> now;
-    while (io_request* r = e.waiting.pop_front()) now.push_back(r);
-    while (io_request* r = now.pop_front()) attempt(r);
-    if (!e.watched && !e.waiting.empty()) rearm_oneshot(fd, e);
+    // Every waiter there now tries again, in order (those that would block wait again, at the
+    // back); they stay listed until their turn, so that a cancel reaches them meanwhile.
+    std::size_t n = 0;
+    e.waiting.for_each([&n](io_request*) { ++n; });
+    for (; n > 0; --n) {
+        io_request* r = e.waiting.pop_front();
+        if (!r) break;
+        r->reactor_state = running;
+        attempt(r, false);
+    }
+    if (!e.watched) {
+        if (!e.waiting.empty()) rearm_oneshot(fd, e);
+    } else if (e.out_registered && !wants(e, EPOLLOUT)) {
+        epoll_event ev{};
+        ev.events = watched_events;
+        ev.data.fd = fd;
+        if (::epoll_ctl(epfd_, EPOLL_CTL_MOD, fd, &ev) == 0) e.out_registered = false;
+    }
+}
+
+bool reactor::wants(fd_entry& e, std::uint32_t events) noexcept {
+    bool any = false;
+    e.waiting.for_each([&any, events](io_request* w) {
+        io_uring_sqe sqe{};
+        w->prep(&sqe);
+        any |= (events_of(sqe) & events) != 0;
+    });
+    return any;
 }
 
 void reactor::wait(long long timeout_ns) {
+    if (!retry_.empty() && (timeout_ns < 0 || timeout_ns > retry_ns)) timeout_ns = retry_ns;
     int n;
     if (timeout_ns < 0) {
         n = ::epoll_wait(epfd_, events_.data(), static_cast<int>(events_.size()), -1);
-    } else {
-        // epoll_pwait2 (5.11) waits to the nanosecond; else milliseconds, rounded up so that a
-        // timer never fires early.
+    } else if (have_pwait2_) {
         timespec ts{static_cast<time_t>(timeout_ns / 1'000'000'000), static_cast<long>(timeout_ns % 1'000'000'000)};
-        static bool have_pwait2 = true;
-        n = -1;
-        if (have_pwait2) {
-            n = ::epoll_pwait2(epfd_, events_.data(), static_cast<int>(events_.size()), &ts, nullptr);
-            if (n < 0 && errno == ENOSYS) have_pwait2 = false;
-        }
-        if (!have_pwait2) {
-            long long ms = (timeout_ns + 999'999) / 1'000'000;
-            n = ::epoll_wait(epfd_, events_.data(), static_cast<int>(events_.size()), static_cast<int>(std::min<long long>(ms, INT_MAX)));
-        }
+        n = ::epoll_pwait2(epfd_, events_.data(), static_cast<int>(events_.size()), &ts, nullptr);
+    } else {
+        // Milliseconds, rounded up, so that a timer never fires early.
+        long long ms = (timeout_ns + 999'999) / 1'000'000;
+        n = ::epoll_wait(epfd_, events_.data(), static_cast<int>(events_.size()), static_cast<int>(std::min<long long>(ms, INT_MAX)));
     }
     if (n < 0) {
         if (errno == EINTR) return;
         throw make_system_error(errno, "ringio: epoll_wait");
     }
     for (int k = 0; k < n; ++k) on_ready(events_[static_cast<std::size_t>(k)].data.fd, events_[static_cast<std::size_t>(k)].events);
-    if (static_cast<std::size_t>(n) == events_.size() && events_.size() < 65536) events_.resize(events_.size() * 2);
-}
-
-bool reactor::in(const intrusive_list<io_request>& list, const io_request* r) noexcept {
-    bool found = false;
-    const_cast<intrusive_list<io_request>&>(list).for_each([&found, r](io_request* x) { found |= x == r; });
-    return found;
-}
-
-void reactor::cancel(io_request* r) noexcept {
-    if (!r->linked()) return;  // completed already (its completion is on its way)
-    if (in(cancelled_, r) || in(cancel_untried_, r)) return;  // cancelled already
-    bool untried = in(pending_, r);
-    intrusive_list<io_request>::erase(r);
-    (untried ? cancel_untried_ : cancelled_).push_back(r);
-}
-
-void reactor::cancel_fd(int fd) noexcept {
-    pending_.for_each([this, fd](io_request* r) {
-        io_uring_sqe sqe{};
-        r->prep(r, &sqe);
-        if (sqe.fd == fd) {
-            intrusive_list<io_request>::erase(r);
-            cancel_untried_.push_back(r);
+    if (static_cast<std::size_t>(n) == events_.size() && events_.size() < 65536) {
+        try {
+            events_.resize(events_.size() * 2);
+        } catch (const std::bad_alloc&) {  // (the next wait takes the rest)
         }
-    });
-    if (fd_entry* e = find(fd)) {
-        while (io_request* r = e->waiting.pop_front()) cancelled_.push_back(r);
-        e->connecting = false;
+    }
+    // Operations with nothing to wait for try again (they stay parked in retry_ until then).
+    std::size_t again = 0;
+    retry_.for_each([&again](io_request*) { ++again; });
+    for (; again > 0; --again) {
+        io_request* r = retry_.pop_front();
+        if (!r) break;
+        r->reactor_state = running;
+        attempt(r, false);
     }
 }
 
+void reactor::cancel(io_request* r) noexcept {
+    switch (r->reactor_state) {
+    case pending:
+        r->reactor_state = pending_cancelled;  // tried once at the flush, in its turn
+        break;
+    case parked:
+        intrusive_list<io_request>::erase(r);
+        r->reactor_state = cancelled;
+        cancelled_.push_back(r);
+        break;
+    case running:
+        r->reactor_state = running_cancelled;
+        break;
+    default:  // completed, or already on its way to -ECANCELED
+        break;
+    }
+}
+
+void reactor::cancel_fd(int fd) noexcept {
+    fd_entry* e = find(fd);
+    if (!e) return;
+    while (io_request* r = e->waiting.pop_front()) {
+        r->reactor_state = cancelled;
+        cancelled_.push_back(r);
+    }
+    // Operations submitted and not tried yet are tried once at the next flush (their fd is
+    // only known then); a connect in progress is abandoned.
+    if (!e->cancel_untried) {
+        try {
+            cancel_fds_.push_back(fd);
+            e->cancel_untried = true;
+        } catch (const std::bad_alloc&) {  // (they are then tried and wait as usual)
+        }
+    }
+    e->connecting = false;
+    retry_.for_each([this, fd](io_request* r) {
+        io_uring_sqe sqe{};
+        r->prep(&sqe);
+        if (sqe.fd == fd) cancel(r);
+    });
+}
+
 void reactor::cancel_all() noexcept {
-    while (io_request* r = pending_.pop_front()) cancel_untried_.push_back(r);
+    pending_.for_each([](io_request* r) { r->reactor_state = pending_cancelled; });
     for (auto& e : fds_)
         if (e)
-            while (io_request* r = e->waiting.pop_front()) cancelled_.push_back(r);
+            while (io_request* r = e->waiting.pop_front()) {
+                r->reactor_state = cancelled;
+                cancelled_.push_back(r);
+            }
+    while (io_request* r = retry_.pop_front()) {
+        r->reactor_state = cancelled;
+        cancelled_.push_back(r);
+    }
 }
 
 }  // namespace ringio::detail

@@ -10,6 +10,7 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <span>
 #include <utility>
 #include <vector>
 
@@ -83,13 +84,27 @@ struct loop_options {
 
 namespace detail {
 
-/// One io_uring operation. Lives in the awaiting coroutine frame; its address is the SQE's
-/// user_data, so submitting allocates nothing. The SQE is filled late (prep), because an
-/// operation may wait in the loop's overflow queue until the completion queue has room.
-struct io_request : list_node {
-    void (*prep)(io_request*, io_uring_sqe*) noexcept = nullptr;
+struct io_request;
+
+/// What one kind of operation does: fill its SQE, and take its completion. A static table per
+/// kind (Asio's and unifex's type erasure, without virtual): every request is a pointer to one.
+struct io_ops {
+    /// Fills the SQE (late: an operation may first wait in the overflow queue). On the epoll
+    /// backend the SQE it fills is the operation's description (runtime/reactor.hpp).
+    void (*prep)(io_request*, io_uring_sqe*) noexcept;
     /// Runs inside the completion loop: records the result and schedules, never resumes.
-    void (*complete)(io_request*, int res, std::uint32_t flags) noexcept = nullptr;
+    void (*complete)(io_request*, int res, std::uint32_t flags) noexcept;
+};
+
+/// One I/O operation. Lives in the awaiting coroutine frame (or the object it belongs to); its
+/// address is the SQE's user_data, so submitting allocates nothing.
+struct io_request : list_node {
+    const io_ops* ops = nullptr;
+    /// Where the epoll backend holds it (its own bookkeeping; unused on io_uring).
+    std::uint8_t reactor_state = 0;
+
+    void prep(io_uring_sqe* sqe) noexcept { ops->prep(this, sqe); }
+    void complete(int res, std::uint32_t flags) noexcept { ops->complete(this, res, flags); }
 };
 
 /// Work posted from another thread: an intrusive node in a loop's inbox.
@@ -184,10 +199,11 @@ public:
     /// else sockets end their operations with shutdown(2).
     [[nodiscard]] bool can_cancel_fd() const noexcept { return reactor_ || features_.buf_ring; }
 
-    /// epoll only (no-ops on io_uring): a socket fd is registered for good (edge-triggered) when
-    /// its first operation starts, and forgotten before it is closed or handed away. False when
-    /// it cannot be registered (it is then registered per wait).
-    bool watch_fd(int fd) noexcept;
+    /// epoll only (no-ops on io_uring): a socket fd is registered for good (edge-triggered) and
+    /// made non-blocking (`*made_nonblocking`: it was blocking) when its first operation starts,
+    /// and forgotten before it is closed or handed away. False when it cannot be registered (it
+    /// is then registered per wait).
+    bool watch_fd(int fd, bool* made_nonblocking) noexcept;
     void forget_fd(int fd) noexcept;
 
     /// Posts an item to this loop's inbox (the loop's thread, or any other while the loop lives).
@@ -201,6 +217,11 @@ public:
     /// The receive buffers streams share (loop_options::stream_buffers), set up on first use;
     /// null when the kernel lacks provided buffer rings, or they are off.
     [[nodiscard]] const std::shared_ptr<buffer_ring>& stream_buffers();
+
+    /// The epoll backend's receive buffer, shared by every stream of the loop: a receive copies
+    /// what it got out of it as soon as it completes (the reactor performs one receive at a
+    /// time), so an idle connection holds no receive buffer. Empty on io_uring.
+    [[nodiscard]] std::span<std::byte> receive_scratch() const noexcept { return {scratch_.get(), scratch_ ? scratch_size : 0}; }
 
     /// Keeps signals blocked in this thread (for wait_signal) until the loop is destroyed.
     void block_signals(const void* sigset);
@@ -268,6 +289,8 @@ protected:
     std::uint32_t next_bgid_ = 0;  // buffer group ids never used yet start here
     std::vector<std::uint16_t> free_bgids_;
     std::shared_ptr<buffer_ring> stream_buffers_;
+    static constexpr std::size_t scratch_size = 64 * 1024;
+    std::unique_ptr<std::byte[]> scratch_;  // epoll: receive_scratch()
     unsigned stream_buffer_count_ = 0;  // 0 once set up, or when off or failed
     unsigned stream_buffer_size_ = 0;
 

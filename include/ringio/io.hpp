@@ -77,16 +77,16 @@ public:
         if (raw_ && loop_core::running().backend() == backend_kind::epoll)
             throw make_system_error(EOPNOTSUPP, "ringio: io::make runs raw io_uring operations; this loop runs on epoll");
         if (!begin(h, cancellable_ ? cancel_kind::interrupt : cancel_kind::none)) return false;
-        io_request::prep = [](io_request* r, io_uring_sqe* sqe) noexcept {
-            static_cast<io_awaiter*>(r)->prep_fn_(sqe);
-        };
-        io_request::complete = [](io_request* r, int res, std::uint32_t flags) noexcept {
-            auto* self = static_cast<io_awaiter*>(r);
-            self->result_ = io_result{res, flags};
-            op_tracker* tracker = self->tracker_;
-            self->wake(self->cancelling() && (res == -ECANCELED || res == -EINTR));
-            if (tracker) tracker->end();  // last: may free what the tracker belongs to
-        };
+        static constexpr io_ops table{
+            [](io_request* r, io_uring_sqe* sqe) noexcept { static_cast<io_awaiter*>(r)->prep_fn_(sqe); },
+            [](io_request* r, int res, std::uint32_t flags) noexcept {
+                auto* self = static_cast<io_awaiter*>(r);
+                self->result_ = io_result{res, flags};
+                op_tracker* tracker = self->tracker_;
+                self->wake(self->cancelling() && (res == -ECANCELED || res == -EINTR));
+                if (tracker) tracker->end();  // last: may free what the tracker belongs to
+            }};
+        io_request::ops = &table;
         loop_core::running().submit(this);  // may throw (the ring failed): nothing started then
         if (tracker_) tracker_->begin();
         if (cancellable_)

@@ -31,10 +31,11 @@ struct socket_state : op_tracker {
     // 56 bytes, and every connection has one: the fd next to the flags, and what only a close()
     // in progress needs lives in that close()'s frame (closer), not here.
     int fd = -1;
-    bool orphaned = false;       // the owning socket is gone: close when idle
-    bool closing = false;        // close() has begun: no new operation may start
-    bool cancel_sent = false;
-    bool watched = false;       // registered with the loop's epoll backend (see attach)
+    bool orphaned : 1 = false;      // the owning socket is gone: close when idle
+    bool closing : 1 = false;       // close() has begun: no new operation may start
+    bool cancel_sent : 1 = false;
+    bool watched : 1 = false;       // registered with `loop`'s epoll backend (see attach)
+    bool nonblocking_set : 1 = false;  // the epoll backend made the fd non-blocking
     loop_core* loop = nullptr;  // where operations were last submitted
     struct closer;
     closer* closed_by = nullptr;  // the close() in progress (set with `closing`)
@@ -42,17 +43,23 @@ struct socket_state : op_tracker {
     void* idle_ctx = nullptr;
 
     /// Binds to the loop that runs its operations (before each one starts); on the epoll
-    /// backend the fd is registered there once.
+    /// backend the fd is registered with that loop (again, when it moved to another loop).
     void attach(loop_core* l) noexcept {
+        if (l != loop) watched = false;  // (the other loop meets the number afresh when it comes back)
         loop = l;
-        if (!watched && l && l->backend() == backend_kind::epoll) watched = l->watch_fd(fd);
+        if (!watched && l && l->backend() == backend_kind::epoll) {
+            bool made = false;
+            watched = l->watch_fd(fd, &made);
+            nonblocking_set = nonblocking_set || made;
+        }
     }
     /// Cancels every operation on the fd (IORING_ASYNC_CANCEL_FD where the kernel has it, or
     /// the epoll backend; else shutdown(2), which ends blocked reads and writes just as well).
     void cancel_all() noexcept;
-    /// The fd is about to be closed or handed away: the loop's epoll backend forgets it.
+    /// The fd is about to be closed or handed away: the loop's epoll backend forgets it (only
+    /// from that loop's own thread while it lives; closing the fd takes it out of epoll anyway).
     void unwatch() noexcept {
-        if (watched && loop) loop->forget_fd(fd);
+        if (watched && loop && loop == loop_core::current()) loop->forget_fd(fd);
         watched = false;
     }
     /// Closes the fd now (no operation may be in flight).
