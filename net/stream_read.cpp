@@ -44,7 +44,7 @@ task<std::string> stream_state::read_until(std::string_view sep) {
             rbuf.clear();
             throw incomplete_read_error(std::move(partial), 0);
         }
-        if (has_shared_receive())
+        if (has_buffer_ring())
             (void)co_await arrived(rbuf.size(), true);
         else
             (void)co_await fill(min_chunk);
@@ -91,7 +91,7 @@ namespace {
 task<std::string> do_read(detail::stream_state* s, std::size_t n) {
     read_guard g(s);
     if (n == 0) co_return std::string();
-    if (s->rbuf.empty() && s->has_shared_receive()) {
+    if (s->rbuf.empty() && s->has_buffer_ring()) {
         bool more = co_await s->arrived(0, false);
         co_return more ? s->take(n) : std::string();
     }
@@ -118,7 +118,7 @@ task<std::size_t> do_read_some(detail::stream_state* s, std::span<std::byte> buf
     read_guard g(s);
     if (buf.empty()) co_return 0;
     detail::byte_buffer& b = s->rbuf;
-    if (b.empty() && s->has_shared_receive()) {
+    if (b.empty() && s->has_buffer_ring()) {
         bool more = co_await s->arrived(0, false);
         co_return more ? s->take_into(buf) : 0;
     }

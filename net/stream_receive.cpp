@@ -81,16 +81,6 @@ std::size_t stream_state::copy_received(std::span<std::byte> out) noexcept {
 }
 
 void stream_state::on_recv(int res, std::uint32_t flags) noexcept {
-    if (res > 0 && scratch_recv_) {
-        // The epoll backend's shared receive buffer: copied out now, before any other receive.
-        std::span<const std::byte> got = loop_->receive_scratch().first(static_cast<std::size_t>(res));
-        try {
-            std::memcpy(rbuf.prepare(got.size()).data(), got.data(), got.size());
-            rbuf.commit(got.size());
-        } catch (const std::bad_alloc&) {
-            if (recv_error_ == 0) recv_error_ = ENOMEM;  // fail the connection, never lose bytes silently
-        }
-    }
     if (flags & IORING_CQE_F_BUFFER) {
         auto bid = static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
         bufs_->taken();
@@ -111,9 +101,7 @@ void stream_state::on_recv(int res, std::uint32_t flags) noexcept {
     if (reader == suspension::state::idle) spill_all();
     armed_ = false;
     bool waiting = reader == suspension::state::waiting;
-    // Something for the reader: a ring buffer, or bytes copied into rbuf from the epoll
-    // backend's receive buffer (a waiting reader had fewer than that).
-    bool arrived = chunk_count_ > 0 || (scratch_recv_ && res > 0);
+    bool arrived = chunk_count_ > 0;
     if (waiting && !arrived && !recv_done()) {
         // Out of buffers (ENOBUFS) while a reader waits. If no buffer came back since the
         // receive was armed, wait for one (every taken buffer is about to be read and given
@@ -155,7 +143,7 @@ std::string stream_state::take(std::size_t n) {
 // received before the cancel took effect is kept and read before EOF), a reader waiting for
 // ring buffers is woken; nothing new is received after this.
 void stream_state::stop_receiving() noexcept {
-    if (has_shared_receive()) {
+    if (has_buffer_ring()) {
         buffer_ring::cancel_wait(&buffers_back());
         if (armed_) loop_->cancel_io(&recv_req());  // its completion wakes the reader
         wake_reader();  // (if no receive was armed: it waited for buffers, or is woken already)
@@ -167,7 +155,7 @@ void stream_state::stop_receiving() noexcept {
 // After close() the stream reads nothing more (as asyncio's transport stops reading): that is
 // its EOF, so read_until/read_line end instead of asking again.
 task<std::size_t> stream_state::recv_into(std::span<std::byte> buf) {
-    if (has_shared_receive()) {
+    if (has_buffer_ring()) {
         bool more = co_await arrived(0, false);
         co_return more ? take_into(buf) : 0;
     }
@@ -193,7 +181,7 @@ task<std::size_t> stream_state::recv_into(std::span<std::byte> buf) {
 }
 
 task<bool> stream_state::fill(std::size_t hint) {
-    if (has_shared_receive()) co_return co_await arrived(rbuf.size(), true);
+    if (has_buffer_ring()) co_return co_await arrived(rbuf.size(), true);
     std::span<std::byte> room = rbuf.prepare(std::clamp(hint, min_chunk, max_chunk));
     std::size_t n = co_await recv_into(room);
     rbuf.commit(n);

@@ -42,37 +42,27 @@ stream_state::stream_state(socket s, std::size_t lim) : sock(std::move(s)), limi
         },
         [](io_request* r, int res, std::uint32_t) noexcept { of(static_cast<stream_send_request*>(r))->on_sent(res); }};
     send_req().ops = &send_ops;
-    // Receiving into shared memory: the loop's provided buffer ring (io_uring), or the epoll
-    // backend's one receive buffer, which each receive copies out of as soon as it completes
-    // (the reactor performs one receive at a time). Either way an idle connection holds no
-    // receive buffer. Otherwise (stream_buffers = 0, old kernels) one receive per read.
+    // Receiving into the loop's shared buffers (registered with the ring, or in userspace on
+    // the epoll backend): an idle connection holds none. Without them (stream_buffers = 0, old
+    // kernels) one receive per read, into rbuf or the caller's memory.
     bufs_ = loop_->stream_buffers();
-    scratch_recv_ = !bufs_ && !loop_->receive_scratch().empty();
-    if (!bufs_) direct_recv_ = nullptr;  // (the union's other member)
-    static constexpr io_ops ring_recv_ops{
-        [](io_request* r, io_uring_sqe* sqe) noexcept {
-            stream_state* st = of(static_cast<stream_recv_request*>(r));
-            st->recycled_mark_ = st->bufs_->recycled();
-            io_uring_prep_recv(sqe, st->sock.fd(), nullptr, 0, 0);
-            sqe->flags |= IOSQE_BUFFER_SELECT;
-            sqe->buf_group = st->bufs_->group();
-        },
-        [](io_request* r, int res, std::uint32_t flags) noexcept { of(static_cast<stream_recv_request*>(r))->on_recv(res, flags); }};
-    static constexpr io_ops scratch_recv_ops{
-        [](io_request* r, io_uring_sqe* sqe) noexcept {
-            stream_state* st = of(static_cast<stream_recv_request*>(r));
-            std::span<std::byte> scratch = st->loop_->receive_scratch();
-            io_uring_prep_recv(sqe, st->sock.fd(), scratch.data(), scratch.size(), 0);
-        },
-        [](io_request* r, int res, std::uint32_t flags) noexcept { of(static_cast<stream_recv_request*>(r))->on_recv(res, flags); }};
     if (bufs_) {
+        static constexpr io_ops ring_recv_ops{
+            [](io_request* r, io_uring_sqe* sqe) noexcept {
+                stream_state* st = of(static_cast<stream_recv_request*>(r));
+                st->recycled_mark_ = st->bufs_->recycled();
+                io_uring_prep_recv(sqe, st->sock.fd(), nullptr, 0, 0);
+                sqe->flags |= IOSQE_BUFFER_SELECT;
+                sqe->buf_group = st->bufs_->group();
+            },
+            [](io_request* r, int res, std::uint32_t flags) noexcept { of(static_cast<stream_recv_request*>(r))->on_recv(res, flags); }};
         recv_req().ops = &ring_recv_ops;
         buffers_back().ready = [](buffer_waiter* w) noexcept {
             stream_state* st = of(static_cast<stream_buffers_back*>(w));
             st->arm_recv();  // even if its reader left: the next buffer returned must wake someone
         };
-    } else if (scratch_recv_) {
-        recv_req().ops = &scratch_recv_ops;
+    } else {
+        direct_recv_ = nullptr;  // (the union's other member)
     }
     socket_state* ss = sock.state_ptr();
     ss->attach(loop_);
@@ -177,7 +167,7 @@ void stream_state::maybe_finish_close() noexcept {
 
 void stream_state::finish_close() noexcept {
     phase_ = phase::closed;
-    if (has_shared_receive()) {
+    if (bufs_) {
         buffer_ring::cancel_wait(&buffers_back());
         // What arrived stays readable, in the stream's own memory: a closed stream may be kept
         // for long, and must not keep ring buffers other connections need.

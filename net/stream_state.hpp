@@ -129,7 +129,6 @@ private:
     bool eof_ = false;           // a reader was given EOF
     bool reading_ = false;       // a read call is in progress (one at a time)
     bool spill_on_arrival_ = false;  // the waiting read wants the received buffers in rbuf
-    bool scratch_recv_ = false;      // receives through the epoll backend's shared buffer
     send_kind kind_ = send_kind::nop;  // of the send in flight
     bool send_queued_ = false;   // the send request is queued or in flight (holds a reference)
     fin fin_ = fin::none;
@@ -149,7 +148,7 @@ public:
     task<bool> fill(std::size_t hint);
     /// Receives straight into buf; 0 at EOF.
     task<std::size_t> recv_into(std::span<std::byte> buf);
-    /// Shared receive only: waits until rbuf holds more than `had` bytes or received buffers are
+    /// Buffer ring only: waits until rbuf holds more than `had` bytes or received buffers are
     /// queued (true), or EOF (false); throws the receive error. With `spill` the received
     /// buffers move into rbuf (what fill() does). An awaitable, not a coroutine.
     struct arrival;
@@ -166,9 +165,7 @@ public:
         }
         return n;
     }
-    /// Receives go to shared memory (the ring's buffers or the epoll backend's receive buffer)
-    /// and wait in arrived(); else one receive per read into rbuf or the caller's memory.
-    [[nodiscard]] bool has_shared_receive() const noexcept { return bufs_ != nullptr || scratch_recv_; }
+    [[nodiscard]] bool has_buffer_ring() const noexcept { return bufs_ != nullptr; }
     task<std::string> read_until(std::string_view sep);
     void begin_read();
     void end_read() noexcept { reading_ = false; }

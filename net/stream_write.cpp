@@ -63,9 +63,9 @@ public:
     }
 
 private:
-    // At most 256 buffers and 8 MiB per thread, kept for the thread's life; a buffer above
+    // At most 4,096 buffers and 8 MiB per thread, kept for the thread's life; a buffer above
     // keep_capacity is freed, as it would be while a connection is busy.
-    static constexpr std::size_t max_buffers = 256;
+    static constexpr std::size_t max_buffers = 4096;
     static constexpr std::size_t max_bytes = 8 * 1024 * 1024;
     static constexpr std::size_t max_capacity = keep_capacity;
     std::vector<std::vector<std::byte>> spare_;

@@ -15,6 +15,14 @@ buffer_ring::buffer_ring(loop_core& loop, unsigned count, std::size_t size, bool
         throw std::invalid_argument("ringio: buffer ring size must be a power of two up to 32768");
     // Everything that can fail before the group is registered, so that a failure leaks nothing.
     data_ = std::make_unique_for_overwrite<std::byte[]>(count * size);
+    if (loop.backend() == backend_kind::epoll) {
+        // In userspace: the reactor takes the free buffers (no kernel object, no group id).
+        free_.reserve(count);
+        for (unsigned i = count; i-- > 0;) free_.push_back(static_cast<std::uint16_t>(i));
+        if (prefault) std::memset(data_.get(), 0, count * size);
+        loop_ = nullptr;
+        return;
+    }
     ring_bytes_ = count * sizeof(io_uring_buf);
     void* mem = ::mmap(nullptr, ring_bytes_, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     if (mem == MAP_FAILED) throw make_system_error(errno, "ringio: mmap for a buffer ring");
@@ -46,7 +54,7 @@ buffer_ring::buffer_ring(loop_core& loop, unsigned count, std::size_t size, bool
 
 buffer_ring::~buffer_ring() {
     detach();
-    ::munmap(ring_, ring_bytes_);
+    if (ring_) ::munmap(ring_, ring_bytes_);
 }
 
 void buffer_ring::detach() noexcept {
@@ -57,8 +65,12 @@ void buffer_ring::detach() noexcept {
 }
 
 void buffer_ring::recycle(std::uint16_t id) noexcept {
-    io_uring_buf_ring_add(ring_, buffer(id), static_cast<unsigned>(size_), id, io_uring_buf_ring_mask(count_), 0);
-    io_uring_buf_ring_advance(ring_, 1);
+    if (ring_) {
+        io_uring_buf_ring_add(ring_, buffer(id), static_cast<unsigned>(size_), id, io_uring_buf_ring_mask(count_), 0);
+        io_uring_buf_ring_advance(ring_, 1);
+    } else {
+        free_.push_back(id);  // (reserved: never allocates)
+    }
     ++recycled_;
     // Every waiter tries again: waking only one loses the wake-up when that one finds EOF and
     // takes no buffer. Those that lose the race wait again (the ring runs dry only under load).

@@ -120,7 +120,6 @@ void loop_core::setup_backend(const loop_options& options) {
         }
     }
     reactor_ = std::make_unique<reactor>();
-    scratch_ = std::make_unique_for_overwrite<std::byte[]>(scratch_size);
     reactor_->done_ctx = this;
     reactor_->done = [](void* ctx, io_request* r, int res, std::uint32_t flags) noexcept {
         if (!(flags & IORING_CQE_F_MORE)) --static_cast<loop_core*>(ctx)->inflight_;
@@ -140,7 +139,7 @@ loop_core::loop_core(const loop_options& options) {
         max_inflight_ = options.max_in_flight;
     else
         max_inflight_ = reactor_ || features_.nodrop ? std::numeric_limits<std::size_t>::max() : features_.cq_entries / 2;
-    if (features_.buf_ring) {
+    if (features_.buf_ring || reactor_) {  // (on epoll the ring lives in userspace)
         stream_buffer_count_ = options.stream_buffers;
         stream_buffer_size_ = options.stream_buffer_size;
     }
@@ -200,6 +199,7 @@ void loop_core::close() noexcept {
 loop_core::~loop_core() {
     // Streams that outlive the loop may still hold the ring: it stays valid memory for them.
     if (stream_buffers_) stream_buffers_->detach();
+    if (reactor_) reactor_->buffers = nullptr;
     stream_buffers_.reset();
     if (saved_sigmask_) pthread_sigmask(SIG_SETMASK, reinterpret_cast<sigset_t*>(saved_sigmask_.get()), nullptr);
     ring_.reset();
@@ -217,6 +217,7 @@ const std::shared_ptr<buffer_ring>& loop_core::stream_buffers() {
         unsigned count = std::exchange(stream_buffer_count_, 0);
         try {
             stream_buffers_ = std::make_shared<buffer_ring>(*this, count, stream_buffer_size_, true);
+            if (reactor_) reactor_->buffers = stream_buffers_.get();
         } catch (const std::exception& e) {
             // Streams then receive into their own memory: slower and larger, but correct.
             log(log_level::warning, "stream receive buffers unavailable ({}); using one receive per read", e.what());

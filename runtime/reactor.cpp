@@ -12,6 +12,7 @@
 #include <climits>
 #include <cstring>
 
+#include "ringio/detail/buffer_ring.hpp"
 #include "ringio/errors.hpp"
 
 namespace ringio::detail {
@@ -185,16 +186,30 @@ void reactor::attempt(io_request* r, bool cancel_once) noexcept {
         break;
     case IORING_OP_RECV:
     case IORING_OP_RECVMSG: {
-        // No provided buffers (the loop has none on this backend) and no multishot.
-        if ((sqe.flags & IOSQE_BUFFER_SELECT) || (sqe.ioprio & IORING_RECV_MULTISHOT)) {
+        // No multishot; a provided buffer only for a plain receive, from the loop's stream buffers.
+        const bool select = sqe.flags & IOSQE_BUFFER_SELECT;
+        if ((sqe.ioprio & IORING_RECV_MULTISHOT) ||
+            (select && (sqe.opcode != IORING_OP_RECV || !buffers || buffers->group() != sqe.buf_group))) {
             res = -EINVAL;
             break;
         }
         const bool plain = !(sqe.msg_flags & keeps_readiness);
         if (plain && e && e->watched && !e->readable) break;  // known empty: wait for the edge
+        int bid = -1;
+        void* into = addr;
+        unsigned len = sqe.len;
+        if (select) {
+            bid = buffers->take_free();
+            if (bid < 0) {
+                res = -ENOBUFS;  // every buffer is taken: the stream waits for one to come back
+                break;
+            }
+            into = buffers->buffer(static_cast<std::uint16_t>(bid));
+            len = static_cast<unsigned>(buffers->buffer_size());
+        }
         ssize_t n;
         do {
-            n = sqe.opcode == IORING_OP_RECV ? ::recv(fd, addr, sqe.len, static_cast<int>(sqe.msg_flags) | MSG_DONTWAIT)
+            n = sqe.opcode == IORING_OP_RECV ? ::recv(fd, into, len, static_cast<int>(sqe.msg_flags) | MSG_DONTWAIT)
                                              : ::recvmsg(fd, static_cast<msghdr*>(addr), static_cast<int>(sqe.msg_flags) | MSG_DONTWAIT);
         } while (n < 0 && errno == EINTR);
         res = n >= 0 ? static_cast<int>(n) : fail();
@@ -204,8 +219,15 @@ void reactor::attempt(io_request* r, bool cancel_once) noexcept {
             // (Not once the peer's FIN or an error was seen: a FIN queued behind the data read
             // raised its edge before this read, and the next read must return it.)
             if (res == -EAGAIN ||
-                (e->stream && !e->hung_up && sqe.opcode == IORING_OP_RECV && res > 0 && static_cast<unsigned>(res) < sqe.len))
+                (e->stream && !e->hung_up && sqe.opcode == IORING_OP_RECV && res > 0 && static_cast<unsigned>(res) < len))
                 e->readable = false;
+        }
+        if (bid >= 0) {
+            if (res > 0) {  // the buffer is the stream's now, as the kernel would hand it over
+                finish(r, res, IORING_CQE_F_BUFFER | (static_cast<std::uint32_t>(bid) << IORING_CQE_BUFFER_SHIFT));
+                return;
+            }
+            buffers->untake(static_cast<std::uint16_t>(bid));  // EOF, an error, or nothing yet
         }
         break;
     }

@@ -11,8 +11,11 @@
 // writer waits: an event per ACK otherwise), and an fd's readiness is remembered, so that an
 // operation on an fd known not to be ready waits without a system call; a short read of a
 // stream socket or a short send also means "not ready" (a later arrival raises a new edge).
-// Other fds (pipes, a signalfd, a tty) are registered one-shot per wait; regular files, which
-// epoll cannot watch, are read and written with plain calls on the loop's thread.
+// A receive that selects a provided buffer (IOSQE_BUFFER_SELECT) takes a free one from the
+// loop's stream buffers, kept in userspace, only when data is there to fill it (so an idle
+// connection holds none, as on io_uring). Other fds (pipes, a signalfd, a tty) are registered
+// one-shot per wait; regular files, which epoll cannot watch, are read and written with plain
+// calls on the loop's thread.
 //
 // Every request carries its place in the reactor (io_request::reactor_state), so cancelling one
 // is O(1). Cancellation is asynchronous, as on io_uring: the operation completes at the next
@@ -67,6 +70,9 @@ public:
     /// goes on); the loop counts it out and runs its completion.
     void (*done)(void* ctx, io_request* r, int res, std::uint32_t flags) noexcept = nullptr;
     void* done_ctx = nullptr;
+    /// The loop's stream buffers, in userspace: a receive with IOSQE_BUFFER_SELECT takes a free
+    /// one, as the kernel does from a registered ring (-ENOBUFS when none is free).
+    buffer_ring* buffers = nullptr;
 
 private:
     // io_request::reactor_state

@@ -74,7 +74,9 @@ TEST_CASE("200 connections through 4 shared receive buffers: the ring runs dry, 
     options.stream_buffers = 4;
     options.stream_buffer_size = 4096;
     run_bounded([]() -> ringio::task<> {
-        auto& ring = ringio::detail::loop_core::running().stream_buffers();
+        auto& loop = ringio::detail::loop_core::running();
+        auto& ring = loop.stream_buffers();
+        if (loop.backend() == ringio::backend_kind::epoll) REQUIRE(ring);  // in userspace: always there
         if (!ring) {
             MESSAGE("this kernel has no multishot receive into a buffer ring: testing the fallback");
         }

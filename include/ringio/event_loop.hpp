@@ -10,7 +10,6 @@
 #include <exception>
 #include <functional>
 #include <memory>
-#include <span>
 #include <utility>
 #include <vector>
 
@@ -214,14 +213,10 @@ public:
     /// freed are reused. Throws std::system_error (ENOSPC) when all 65,536 are in use.
     std::uint16_t acquire_buffer_group();
     void release_buffer_group(std::uint16_t id) noexcept;
-    /// The receive buffers streams share (loop_options::stream_buffers), set up on first use;
-    /// null when the kernel lacks provided buffer rings, or they are off.
+    /// The receive buffers streams share (loop_options::stream_buffers), set up on first use
+    /// (registered with the ring, or in userspace for the epoll backend); null when the kernel
+    /// lacks provided buffer rings, or they are off.
     [[nodiscard]] const std::shared_ptr<buffer_ring>& stream_buffers();
-
-    /// The epoll backend's receive buffer, shared by every stream of the loop: a receive copies
-    /// what it got out of it as soon as it completes (the reactor performs one receive at a
-    /// time), so an idle connection holds no receive buffer. Empty on io_uring.
-    [[nodiscard]] std::span<std::byte> receive_scratch() const noexcept { return {scratch_.get(), scratch_ ? scratch_size : 0}; }
 
     /// Keeps signals blocked in this thread (for wait_signal) until the loop is destroyed.
     void block_signals(const void* sigset);
@@ -289,8 +284,6 @@ protected:
     std::uint32_t next_bgid_ = 0;  // buffer group ids never used yet start here
     std::vector<std::uint16_t> free_bgids_;
     std::shared_ptr<buffer_ring> stream_buffers_;
-    static constexpr std::size_t scratch_size = 64 * 1024;
-    std::unique_ptr<std::byte[]> scratch_;  // epoll: receive_scratch()
     unsigned stream_buffer_count_ = 0;  // 0 once set up, or when off or failed
     unsigned stream_buffer_size_ = 0;
 

@@ -1,10 +1,13 @@
 // A ring of provided buffers (io_uring_register_buf_ring): the kernel picks a free buffer
-// when data arrives, so a multishot receive needs no buffer of its own per operation.
+// when data arrives, so a receive needs no buffer of its own per operation. On the epoll
+// backend the same ring lives in userspace: the reactor picks the free buffer (take_free()), so
+// streams work the same way on both backends.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "ringio/detail/intrusive_list.hpp"
 
@@ -36,8 +39,18 @@ public:
     [[nodiscard]] std::size_t buffer_size() const noexcept { return size_; }
     [[nodiscard]] unsigned count() const noexcept { return count_; }
     [[nodiscard]] std::byte* buffer(std::uint16_t id) const noexcept { return data_.get() + id * size_; }
-    /// Gives buffer `id` back to the kernel, and wakes every waiter.
+    /// Gives buffer `id` back to the kernel (or the userspace ring), and wakes every waiter.
     void recycle(std::uint16_t id) noexcept;
+    /// The epoll backend: a free buffer's id, taken (as the kernel would take it), or -1.
+    int take_free() noexcept {
+        if (free_.empty()) return -1;
+        int id = free_.back();
+        free_.pop_back();
+        return id;
+    }
+    /// The epoll backend: gives back a buffer take_free() gave that a receive did not fill.
+    void untake(std::uint16_t id) noexcept { free_.push_back(id); }
+    [[nodiscard]] bool in_userspace() const noexcept { return ring_ == nullptr; }
 
     /// Records that a completion handed buffer `id` to us (for in_use()).
     void taken() noexcept { ++taken_; }
@@ -69,6 +82,7 @@ private:
     unsigned count_;
     std::uint16_t group_ = 0;
     intrusive_list<buffer_waiter> waiters_;
+    std::vector<std::uint16_t> free_;  // the epoll backend's free buffers (capacity: count)
     std::uint32_t recycled_ = 0;
     std::uint32_t taken_ = 0;
     std::uint64_t exhausted_ = 0;
