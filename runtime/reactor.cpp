@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <liburing.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -59,6 +61,28 @@ ssize_t plain_rw(bool read, int fd, const iovec& iov, std::uint64_t off) noexcep
     return n;
 }
 
+// A receive on a TCP socket with TCP_INQ on: the bytes it leaves queued come back in a control
+// message (no extra call), so a read that fills the buffer exactly need not be followed by one
+// that finds nothing. *left is -1 when the kernel said nothing.
+ssize_t recv_inq(int fd, void* into, unsigned len, int flags, int* left) noexcept {
+    iovec iov{into, len};
+    alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int))];
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = ctl;
+    mh.msg_controllen = sizeof ctl;
+    ssize_t n;
+    do {
+        n = ::recvmsg(fd, &mh, flags);
+    } while (n < 0 && errno == EINTR);
+    *left = -1;
+    if (n > 0)
+        for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+            if (c->cmsg_level == SOL_TCP && c->cmsg_type == TCP_CM_INQ) std::memcpy(left, CMSG_DATA(c), sizeof *left);
+    return n;
+}
+
 }  // namespace
 
 reactor::reactor() {
@@ -86,7 +110,7 @@ reactor::fd_entry& reactor::entry(int fd) {
 }
 
 void reactor::reset(fd_entry& e) noexcept {
-    e.watched = e.registered = e.stream = e.out_registered = e.connecting = e.cancel_untried = e.hung_up = false;
+    e.watched = e.registered = e.stream = e.inq = e.out_registered = e.connecting = e.cancel_untried = e.hung_up = false;
     e.readable = e.writable = true;
 }
 
@@ -108,6 +132,11 @@ bool reactor::try_watch(int fd, bool* made_nonblocking) noexcept {
     int type = 0;
     socklen_t len = sizeof type;
     e.stream = ::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM;
+    // TCP (not Unix) sockets say how much a receive left queued (see recv_inq). Turned off again
+    // when the fd is handed back (socket::release), so its owner sees no control message it did
+    // not ask for; a recvmsg asking for control messages meanwhile gets it turned off around it.
+    const int one = 1;
+    e.inq = e.stream && ::setsockopt(fd, IPPROTO_TCP, TCP_INQ, &one, sizeof one) == 0;
     epoll_event ev{};
     ev.events = watched_events;
     ev.data.fd = fd;
@@ -207,19 +236,38 @@ void reactor::attempt(io_request* r, bool cancel_once) noexcept {
             into = buffers->buffer(static_cast<std::uint16_t>(bid));
             len = static_cast<unsigned>(buffers->buffer_size());
         }
+        const int flags = static_cast<int>(sqe.msg_flags) | MSG_DONTWAIT;
+        const bool inq = plain && e && e->inq && sqe.opcode == IORING_OP_RECV;
+        int left = -1;
         ssize_t n;
-        do {
-            n = sqe.opcode == IORING_OP_RECV ? ::recv(fd, into, len, static_cast<int>(sqe.msg_flags) | MSG_DONTWAIT)
-                                             : ::recvmsg(fd, static_cast<msghdr*>(addr), static_cast<int>(sqe.msg_flags) | MSG_DONTWAIT);
-        } while (n < 0 && errno == EINTR);
+        if (inq) {
+            n = recv_inq(fd, into, len, flags, &left);
+        } else if (sqe.opcode == IORING_OP_RECV) {
+            do {
+                n = ::recv(fd, into, len, flags);
+            } while (n < 0 && errno == EINTR);
+        } else {
+            auto* mh = static_cast<msghdr*>(addr);
+            const bool quiet = e && e->inq && mh->msg_controllen > 0;  // no TCP_CM_INQ for the caller
+            const int off = 0, on = 1;
+            if (quiet) ::setsockopt(fd, IPPROTO_TCP, TCP_INQ, &off, sizeof off);
+            do {
+                n = ::recvmsg(fd, mh, flags);
+            } while (n < 0 && errno == EINTR);
+            int err = errno;
+            if (quiet) ::setsockopt(fd, IPPROTO_TCP, TCP_INQ, &on, sizeof on);
+            errno = err;
+        }
         res = n >= 0 ? static_cast<int>(n) : fail();
         if (plain && e && e->watched) {
-            // Drained: EAGAIN, or a stream socket that gave less than asked for (any later
-            // arrival raises a new edge). A datagram says nothing about the next one.
-            // (Not once the peer's FIN or an error was seen: a FIN queued behind the data read
-            // raised its edge before this read, and the next read must return it.)
+            // Drained: EAGAIN, or a stream socket that gave less than asked for or said it left
+            // nothing queued (any later arrival raises a new edge). A datagram says nothing
+            // about the next one. (Not once the peer's FIN or an error was seen: a FIN queued
+            // behind the data read raised its edge before this read, and the next read must
+            // return it.)
             if (res == -EAGAIN ||
-                (e->stream && !e->hung_up && sqe.opcode == IORING_OP_RECV && res > 0 && static_cast<unsigned>(res) < len))
+                (e->stream && !e->hung_up && sqe.opcode == IORING_OP_RECV && res > 0 &&
+                 (static_cast<unsigned>(res) < len || left == 0)))
                 e->readable = false;
         }
         if (bid >= 0) {

@@ -6,6 +6,7 @@
 // the bug), so a regression fails instead of hanging.
 #include <doctest/doctest.h>
 
+#include <ringio/detail/buffer_ring.hpp>
 #include <ringio/ringio.hpp>
 #include <ringio/stream.hpp>
 
@@ -617,5 +618,113 @@ TEST_CASE("epoll: recv with MSG_WAITALL returns the full buffer and release() ha
         ::close(back);
     }(sv[0], sv[1]), 15s, on_epoll);
     ::close(sv[1]);
+    CHECK(test::open_fds() == fds);
+}
+
+namespace {
+
+/// A blocking TCP client of 127.0.0.1:port (plain calls: small writes never block).
+int plain_tcp_client(std::uint16_t port) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a) == 0);
+    return fd;
+}
+
+void write_all(int fd, std::string_view s) {
+    while (!s.empty()) {
+        ssize_t n = ::write(fd, s.data(), s.size());
+        REQUIRE(n > 0);
+        s.remove_prefix(static_cast<std::size_t>(n));
+    }
+}
+
+}  // namespace
+
+TEST_CASE("epoll: TCP reads that fill a receive buffer exactly: what stays queued, and a FIN right behind, still arrive") {
+    // A read that fills its buffer says nothing about what is left; TCP_INQ does. A reactor that
+    // took a full read for "drained" would wait for an edge that never comes: the second round's
+    // last three quarters would not arrive until the peer sent more.
+    std::size_t fds = test::open_fds();
+    run_bounded([]() -> ringio::task<> {
+        co_await require_epoll();
+        auto& ring = ringio::detail::loop_core::running().stream_buffers();
+        REQUIRE(ring);
+        const std::size_t unit = ring->buffer_size();
+        std::string got;
+        bool eof = false;
+        auto srv = co_await ringio::start_server(
+            [&](ringio::stream_reader r, ringio::stream_writer) -> ringio::task<> {
+                for (int i = 0; i < 1000; ++i) {
+                    std::string chunk = co_await r.read(64 * 1024);
+                    if (chunk.empty()) break;
+                    got += chunk;
+                }
+                eof = true;
+            },
+            "127.0.0.1", 0);
+        int c = plain_tcp_client(srv.port());
+        std::string all;
+        // One buffer's worth, then three in one write; each read before anything more is sent.
+        for (std::size_t n : {unit, 3 * unit}) {
+            std::string block(n, static_cast<char>('a' + all.size() % 26));
+            write_all(c, block);
+            all += block;
+            CHECK(co_await test::eventually([&] { return got.size() == all.size(); }, 5s));
+        }
+        // One more with the FIN right behind it.
+        std::string last(unit, 'z');
+        write_all(c, last);
+        all += last;
+        REQUIRE(::shutdown(c, SHUT_WR) == 0);
+        CHECK(co_await test::eventually([&] { return eof; }, 5s));
+        CHECK(got.size() == all.size());
+        CHECK(got == all);
+        ::close(c);
+        srv.close();
+        co_await srv.wait_closed();
+    }(), 30s, on_epoll);
+    CHECK(test::open_fds() == fds);
+}
+
+TEST_CASE("epoll: recvmsg asking for control messages, and a released TCP fd, see no control message of the backend's") {
+    std::size_t fds = test::open_fds();
+    run_bounded([]() -> ringio::task<> {
+        co_await require_epoll();
+        auto listener = ringio::socket::create(AF_INET, SOCK_STREAM);
+        listener.bind(ringio::endpoint(ringio::ip_address::loopback_v4(), 0));
+        listener.listen(4);
+        int c = plain_tcp_client(listener.local_endpoint().port());
+        ringio::socket s = (co_await listener.accept()).first;
+        std::byte buf[16];
+        alignas(cmsghdr) char ctl[256];
+        auto ask = [&](msghdr& m, iovec& iov) {
+            iov = {buf, sizeof buf};
+            m = {};
+            m.msg_iov = &iov;
+            m.msg_iovlen = 1;
+            m.msg_control = ctl;
+            m.msg_controllen = sizeof ctl;
+        };
+        write_all(c, "abc");
+        CHECK(co_await ringio::wait_for(s.recv(std::span(buf, 1)), 5s) == 1);  // a plain receive first
+        msghdr m;
+        iovec iov;
+        ask(m, iov);
+        CHECK(co_await ringio::wait_for(s.recvmsg(m), 5s) == 2);
+        CHECK(m.msg_controllen == 0);
+        write_all(c, "de");
+        CHECK(co_await ringio::wait_for(s.recv(std::span(buf, 1)), 5s) == 1);  // still there after
+        int fd = s.release();
+        ask(m, iov);
+        CHECK(::recvmsg(fd, &m, 0) == 1);
+        CHECK(m.msg_controllen == 0);
+        ::close(fd);
+        ::close(c);
+    }(), 15s, on_epoll);
     CHECK(test::open_fds() == fds);
 }
