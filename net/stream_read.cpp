@@ -118,11 +118,7 @@ task<std::size_t> do_read_some(detail::stream_state* s, std::span<std::byte> buf
     read_guard g(s);
     if (buf.empty()) co_return 0;
     detail::byte_buffer& b = s->rbuf;
-    if (b.empty() && s->has_buffer_ring()) {
-        bool more = co_await s->arrived(0, false);
-        co_return more ? s->take_into(buf) : 0;
-    }
-    if (b.empty()) co_return co_await s->recv_into(buf);  // straight into the caller's memory
+    if (b.empty()) co_return co_await s->recv_into(buf);  // straight into buf where it can
     std::size_t n = std::min(buf.size(), b.size());
     std::memcpy(buf.data(), b.data(), n);
     b.consume(n);

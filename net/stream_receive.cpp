@@ -20,10 +20,11 @@ namespace ringio::detail {
 // arrival to its reading, never by an idle connection. Data is taken only when a reader asks,
 // so a fast peer cannot fill the server's memory (no pause_reading needed).
 //
-// Why not a multishot receive (one SQE for many arrivals)? It needs cancelling to pause a slow
-// reader, and on the 6.18 kernel measured a multishot receive cancelled and armed again can
-// miss the peer's EOF: reproduced with plain liburing, and by tests/stress_shutdown.cpp
-// (connections that never close). See docs/net.md.
+// A read into more memory than a ring buffer holds receives straight into it instead (see
+// recv_into), so bulk reads are neither cut into ring-buffer pieces nor copied.
+//
+// Not yet a multishot receive (one SQE for many arrivals): it must be armed again after every
+// final completion that is neither our cancel nor EOF, -ENOBUFS included (docs/net.md).
 
 void stream_state::arm_recv() {
     if (armed_ || recv_done()) return;
@@ -143,7 +144,7 @@ std::string stream_state::take(std::size_t n) {
 // received before the cancel took effect is kept and read before EOF), a reader waiting for
 // ring buffers is woken; nothing new is received after this.
 void stream_state::stop_receiving() noexcept {
-    if (has_buffer_ring()) {
+    if (has_buffer_ring() && !direct_) {
         buffer_ring::cancel_wait(&buffers_back());
         if (armed_) loop_->cancel_io(&recv_req());  // its completion wakes the reader
         wake_reader();  // (if no receive was armed: it waited for buffers, or is woken already)
@@ -155,25 +156,43 @@ void stream_state::stop_receiving() noexcept {
 // After close() the stream reads nothing more (as asyncio's transport stops reading): that is
 // its EOF, so read_until/read_line end instead of asking again.
 task<std::size_t> stream_state::recv_into(std::span<std::byte> buf) {
-    if (has_buffer_ring()) {
+    const bool ring = has_buffer_ring();
+    if (ring && (!rbuf.empty() || !direct_fits(buf.size()))) {
         bool more = co_await arrived(0, false);
         co_return more ? take_into(buf) : 0;
     }
+    co_return co_await recv_direct(buf);
+}
+
+task<std::size_t> stream_state::recv_direct(std::span<std::byte> buf) {
+    const bool ring = has_buffer_ring();
     if (eof_ || phase_ != phase::open) {
         eof_ = true;
         co_return 0;
     }
+    // A bulk read with the ring: the kernel writes straight into buf, as without the ring, and
+    // one receive can return more than a ring buffer holds. Nothing else receives meanwhile
+    // (one read at a time, and no ring receive is armed), so no chunk needs the union's room.
     int fd = sock.fd();
     auto op = sock.op([fd, buf](io_uring_sqe* s) noexcept { io_uring_prep_recv(s, fd, buf.data(), io_length(buf.size()), 0); });
     direct_recv_ = op.request();
+    direct_ = ring;
     struct forget {
-        io_request*& r;
-        ~forget() { r = nullptr; }
-    } forget_on_exit{direct_recv_};
+        stream_state* st;
+        bool ring;
+        ~forget() {
+            st->direct_ = false;
+            if (ring)
+                st->chunks_ = {};
+            else
+                st->direct_recv_ = nullptr;
+        }
+    } forget_on_exit{this, ring};
     io_result r = co_await op;
     // EOF, or our own close() ended the read (our cancellation would have thrown instead).
     if (r.res == 0 || ((r.res == -ECANCELED || r.res == -EINTR) && phase_ != phase::open)) {
         eof_ = true;
+        if (r.res == 0) eof_received_ = true;  // (the ring's reads must not ask again)
         co_return 0;
     }
     if (!r) throw io_error(-r.res, "read from");
@@ -181,9 +200,12 @@ task<std::size_t> stream_state::recv_into(std::span<std::byte> buf) {
 }
 
 task<bool> stream_state::fill(std::size_t hint) {
-    if (has_buffer_ring()) co_return co_await arrived(rbuf.size(), true);
+    // With the ring, a fill for more than a ring buffer (read_all, a mid-sized read_exactly)
+    // receives straight into rbuf, as without it; smaller ones wait for ring buffers, so that a
+    // waiting reader holds no memory.
+    if (has_buffer_ring() && !direct_fits(hint)) co_return co_await arrived(rbuf.size(), true);
     std::span<std::byte> room = rbuf.prepare(std::clamp(hint, min_chunk, max_chunk));
-    std::size_t n = co_await recv_into(room);
+    std::size_t n = co_await recv_direct(room);
     rbuf.commit(n);
     co_return n > 0;
 }

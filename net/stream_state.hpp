@@ -133,6 +133,7 @@ private:
     bool send_queued_ = false;   // the send request is queued or in flight (holds a reference)
     fin fin_ = fin::none;
     bool aborted_ = false;
+    bool direct_ = false;        // with the ring: a receive straight into a reader's memory is in flight
 
 
 public:
@@ -146,7 +147,8 @@ public:
     // ---- reading ----
     /// Receives more data into rbuf (at least one byte); false at EOF.
     task<bool> fill(std::size_t hint);
-    /// Receives straight into buf; 0 at EOF.
+    /// Receives into buf; 0 at EOF. Straight into buf (no copy) without the ring, or with it
+    /// when buf is larger than a ring buffer and nothing received waits in the ring's buffers.
     task<std::size_t> recv_into(std::span<std::byte> buf);
     /// Buffer ring only: waits until rbuf holds more than `had` bytes or received buffers are
     /// queued (true), or EOF (false); throws the receive error. With `spill` the received
@@ -234,6 +236,14 @@ private:
     /// No more data will be received: EOF or an error came, or the stream is closing.
     [[nodiscard]] bool recv_done() const noexcept { return eof_received_ || recv_error_ != 0 || phase_ != phase::open; }
     void stop_receiving() noexcept;
+    /// One receive straight into buf (after rbuf, which it does not look at); 0 at EOF.
+    task<std::size_t> recv_direct(std::span<std::byte> buf);
+    /// With the ring: a receive may go straight into `n` bytes of the reader's memory (more
+    /// than a ring buffer, nothing received waiting, no ring receive armed or about to be).
+    [[nodiscard]] bool direct_fits(std::size_t n) const noexcept {
+        return n > bufs_->buffer_size() && chunk_count_ == 0 && !armed_ &&
+               !static_cast<const stream_buffers_back&>(*this).linked() && !recv_done();
+    }
 
     void queue_send();
     void on_sent(int res) noexcept;
@@ -243,9 +253,11 @@ private:
     static void on_socket_idle(void* self) noexcept;
 
     std::shared_ptr<buffer_ring> bufs_;  // null: one receive per read, into rbuf or the caller's memory
+    // The receive straight into a reader's memory in flight (for close()) shares the chunks'
+    // room: with the ring it is made only while no chunk is held (direct_ says which is live).
     union {
         std::array<chunk, max_chunks> chunks_{};  // with the ring
-        io_request* direct_recv_;                 // without: the receive in flight, for close()
+        io_request* direct_recv_;                 // without it, or with it while direct_
     };
     std::uint32_t recycled_mark_ = 0;  // the ring's recycled() when the receive was submitted
     int recv_error_ = 0;

@@ -292,3 +292,84 @@ TEST_CASE("server read_timeout closes a slowloris client and goes on serving oth
     }());
     CHECK(test::open_fds() == fds);
 }
+
+TEST_CASE("bulk reads with the ring: read_some and read_exactly into large buffers receive straight into them") {
+    constexpr std::size_t total = 4 * 1024 * 1024;
+    run_bounded([]() -> ringio::task<> {
+        auto& ring = ringio::detail::loop_core::running().stream_buffers();
+        if (!ring) co_return;  // (stream_buffers = 0: every read is direct anyway)
+        const std::string data = pattern(3, total);
+        auto srv = co_await ringio::start_server(
+            [&](ringio::stream_reader, ringio::stream_writer w) -> ringio::task<> {
+                for (int round = 0; round < 2; ++round) {
+                    w.write(data);
+                    co_await w.drain();
+                }
+                w.close();
+            },
+            "127.0.0.1", 0);
+        auto [r, w] = co_await ringio::open_connection("127.0.0.1", srv.port());
+        // read_some: a receive that is not bounded by a ring buffer returns more than one holds
+        // (whatever the kernel has queued, up to the caller's size).
+        std::vector<std::byte> buf(1024 * 1024);
+        std::string got;
+        std::size_t reads = 0;
+        std::size_t largest = 0;
+        while (got.size() < total) {
+            std::size_t n = co_await r.read_some(std::span(buf).first(std::min(buf.size(), total - got.size())));
+            REQUIRE(n > 0);
+            got.append(reinterpret_cast<const char*>(buf.data()), n);
+            largest = std::max(largest, n);
+            ++reads;
+        }
+        CAPTURE(reads);
+        CHECK(largest > ring->buffer_size());
+        CHECK(got == data);
+        CHECK(ring->in_use() == 0);
+        // read_exactly into a span: the same, and exact.
+        got.clear();
+        while (got.size() < total) {
+            co_await r.read_exactly(buf);
+            got.append(reinterpret_cast<const char*>(buf.data()), buf.size());
+        }
+        CHECK(got == data);
+        CHECK(co_await r.read_some(buf) == 0);  // EOF
+        CHECK(r.at_eof());
+        CHECK(ring->in_use() == 0);
+        w.close();
+        srv.close();
+        co_await srv.wait_closed();
+    }());
+}
+
+TEST_CASE("a bulk read cancelled while it waits loses nothing; one waiting when its stream closes returns EOF") {
+    run_bounded([]() -> ringio::task<> {
+        ringio::event go;
+        ringio::event sent;
+        auto srv = co_await ringio::start_server(
+            [&](ringio::stream_reader r, ringio::stream_writer w) -> ringio::task<> {
+                co_await go.wait();
+                w.write("hello");
+                co_await w.drain();
+                sent.set();
+                (void)co_await test::read_to_eof(r);
+            },
+            "127.0.0.1", 0);
+        auto [r, w] = co_await ringio::open_connection("127.0.0.1", srv.port());
+        std::vector<std::byte> buf(256 * 1024);
+        // Nothing has come: the read waits in the kernel, then is cancelled by its timeout.
+        CHECK((co_await test::thrown<ringio::timeout_error>(ringio::wait_for(r.read_some(buf), 50ms))).has_value());
+        go.set();
+        co_await sent.wait();
+        std::size_t n = co_await ringio::wait_for(r.read_some(buf), 5s);
+        CHECK(std::string_view(reinterpret_cast<const char*>(buf.data()), n) == "hello");
+        // A read waiting when this side closes: EOF (asyncio: the transport stops reading).
+        auto pending = ringio::create_task(r.read_some(buf));
+        co_await ringio::sleep(0ms);  // (the read is now waiting for data)
+        w.close();
+        CHECK(co_await ringio::wait_for(std::move(pending), 5s) == 0);
+        co_await w.wait_closed();
+        srv.close();
+        co_await srv.wait_closed();
+    }());
+}

@@ -80,12 +80,15 @@ public:
     /// was read stays buffered (asyncio's read() has no such protection; a peer that never
     /// stops sending would fill the memory). "" at EOF.
     task<std::string> read_all(std::size_t max_size = std::numeric_limits<std::size_t>::max());
-    /// Reads into buf: up to buf.size() bytes, 0 at EOF. With an empty internal buffer the
-    /// kernel writes straight into buf (no copy).
+    /// Reads into buf: up to buf.size() bytes, 0 at EOF. When nothing is buffered and buf is
+    /// larger than one of the loop's shared receive buffers (4 KiB; or always, with
+    /// loop_options::stream_buffers = 0), the kernel writes straight into buf (no copy) and one
+    /// call returns whatever it has queued, up to buf.size().
     task<std::size_t> read_some(std::span<std::byte> buf);
     /// Exactly n bytes; at EOF first throws incomplete_read_error with the partial bytes.
     task<std::string> read_exactly(std::size_t n);
-    /// Fills buf exactly (large reads land directly in buf); incomplete_read_error at EOF.
+    /// Fills buf exactly (from 64 KiB, the kernel writes straight into buf); incomplete_read_error
+    /// at EOF.
     task<> read_exactly(std::span<std::byte> buf);
     /// Data up to and including `separator`. At EOF without it: incomplete_read_error holding
     /// what was left. Past the limit: limit_overrun_error, and the data stays in the buffer.
