@@ -23,7 +23,7 @@ stream_state::stream_state(socket s, std::size_t lim) : sock(std::move(s)), limi
             if (st->send_off_ == st->sending_.size()) {
                 st->sending_.clear();
                 st->send_off_ = 0;
-                std::swap(st->sending_, st->pending_);
+                std::swap(st->sending_, st->pending_);  // (pending_ is empty while adopted_ is set)
             }
             if (st->aborted_) {
                 st->kind_ = send_kind::nop;
@@ -32,6 +32,9 @@ stream_state::stream_state(socket s, std::size_t lim) : sock(std::move(s)), limi
                 st->kind_ = send_kind::send;
                 io_uring_prep_send(sqe, fd, st->sending_.data() + st->send_off_,
                                    io_length(st->sending_.size() - st->send_off_), MSG_NOSIGNAL);
+            } else if (st->adopted_ && st->adopted_->head < st->adopted_->items.size()) {
+                st->kind_ = send_kind::sendmsg;
+                st->prep_sendmsg(fd, sqe);
             } else if (st->fin_ == fin::requested) {
                 st->kind_ = send_kind::shutdown;
                 io_uring_prep_shutdown(sqe, fd, SHUT_WR);
@@ -141,6 +144,7 @@ void stream_state::abort() {
     if (phase_ == phase::closed) return;
     aborted_ = true;
     pending_.clear();
+    if (!send_queued_) adopted_.reset();  // (else the kernel may hold its buffers: on_sent drops them)
     if (sock.valid()) {
         try {
             sock.set_linger(std::chrono::seconds(0));  // close() then sends RST

@@ -8,7 +8,10 @@
 #include <memory>
 #include <netinet/in.h>
 #include <string>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <system_error>
+#include <variant>
 #include <vector>
 
 #include "ringio/detail/buffer_ring.hpp"
@@ -23,6 +26,8 @@ inline constexpr std::size_t min_chunk = 16 * 1024;
 inline constexpr std::size_t max_chunk = 256 * 1024;
 // read_exactly receives straight into the caller's memory from this size on.
 inline constexpr std::size_t direct_threshold = 64 * 1024;
+// A write that hands over its buffer keeps it (no copy) from this size on; smaller ones are copied.
+inline constexpr std::size_t adopt_min = 16 * 1024;
 
 /// A byte buffer consumed from the front and filled at the back; compacts before growing.
 class byte_buffer {
@@ -108,7 +113,7 @@ struct stream_buffers_back : buffer_waiter {};
 struct stream_reader_wait : suspension {};
 
 class stream_state : stream_recv_request, stream_send_request, stream_buffers_back, stream_reader_wait {
-    enum class send_kind : std::uint8_t { send, shutdown, nop };
+    enum class send_kind : std::uint8_t { send, sendmsg, shutdown, nop };
     /// write_eof()'s progress: FIN not asked for, asked for (after the buffered data), sent.
     enum class fin : std::uint8_t { none, requested, sent };
 
@@ -176,12 +181,16 @@ public:
 
     // ---- writing ----
     void write(std::span<const std::byte> data);
+    /// Takes the buffer instead of copying it (one under adopt_min is copied).
+    void write_owned(std::variant<std::vector<std::byte>, std::string> data);
     task<> drain();
     void write_eof();
     void close();
     void abort();
     task<> wait_closed();
-    [[nodiscard]] std::size_t write_buffered() const noexcept { return pending_.size() + sending_.size() - send_off_; }
+    [[nodiscard]] std::size_t write_buffered() const noexcept {
+        return pending_.size() + sending_.size() - send_off_ + (adopted_ ? adopted_->bytes : 0);
+    }
 
     // ---- the stream's life ----
     [[nodiscard]] bool is_closing() const noexcept { return phase_ != phase::open; }
@@ -198,8 +207,8 @@ public:
     std::size_t limit;
     static constexpr std::chrono::nanoseconds no_timeout = std::chrono::nanoseconds::min();
     std::chrono::nanoseconds read_timeout = no_timeout;  // (an optional would take 8 bytes more)
-    std::size_t high = 64 * 1024;
-    std::size_t low = 16 * 1024;
+    std::uint32_t high = 64 * 1024;  // (32 bits: set_write_buffer_limits caps them at 4 GiB - 1)
+    std::uint32_t low = 16 * 1024;
 
 private:
     ~stream_state();
@@ -268,6 +277,31 @@ private:
     std::vector<std::byte> sending_;  // owned by the kernel while a send is in flight
     std::vector<std::byte> pending_;  // appended to by write()
     std::size_t send_off_ = 0;
+
+    // Writes that gave the stream their buffer (write(std::string&&) and friends) and every
+    // write behind one, in order; sent with sendmsg, several buffers at once. Null while none
+    // is queued: the common case copies into pending_ and sends it with one send per pass.
+    struct out_queue {
+        struct item {
+            std::variant<std::vector<std::byte>, std::string> owner;
+            std::size_t off = 0;
+            bool copied = false;  // a buffer of copied writes (from the pool): appended to until sent
+            [[nodiscard]] std::span<const std::byte> bytes() const noexcept {
+                return std::visit([](const auto& b) { return std::as_bytes(std::span(b.data(), b.size())); }, owner);
+            }
+        };
+        static constexpr std::size_t max_iov = 64;
+        std::vector<item> items;
+        std::size_t head = 0;       // items before it are sent
+        std::size_t in_flight = 0;  // items from head in the send in flight (not appended to)
+        std::size_t bytes = 0;      // not yet sent
+        msghdr msg{};
+        std::array<iovec, max_iov> iov{};
+    };
+    std::unique_ptr<out_queue> adopted_;
+    void queue_copy(std::span<const std::byte> data);
+    void prep_sendmsg(int fd, io_uring_sqe* sqe) noexcept;
+    void sent_from_queue(std::size_t n) noexcept;
 
     suspension* drainer_ = nullptr;  // the task waiting in drain()
     event closed_event_;

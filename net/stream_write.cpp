@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <limits>
 
 #include <fmt/format.h>
 
@@ -90,9 +91,90 @@ void stream_state::write(std::span<const std::byte> data) {
     if (phase_ != phase::open) throw invalid_state_error("ringio: write() after close()");
     if (fin_ != fin::none) throw invalid_state_error("ringio: write() after write_eof()");
     if (data.empty()) return;
-    spare_write_buffers.get(pending_);
-    pending_.insert(pending_.end(), data.begin(), data.end());
+    if (adopted_) {
+        queue_copy(data);
+    } else {
+        spare_write_buffers.get(pending_);
+        pending_.insert(pending_.end(), data.begin(), data.end());
+    }
     queue_send();
+}
+
+void stream_state::write_owned(std::variant<std::vector<std::byte>, std::string> data) {
+    out_queue::item it{std::move(data)};
+    std::span<const std::byte> bytes = it.bytes();
+    // Small: a copy costs less than a buffer of its own in the queue, and keeps the common path.
+    if (bytes.size() < adopt_min) {
+        write(bytes);
+        return;
+    }
+    if (write_errno_ != 0) throw make_system_error(write_errno_, fmt::format("ringio: write to {}", peer()));
+    if (phase_ != phase::open) throw invalid_state_error("ringio: write() after close()");
+    if (fin_ != fin::none) throw invalid_state_error("ringio: write() after write_eof()");
+    if (!adopted_) {
+        auto q = std::make_unique<out_queue>();
+        q->items.reserve(4);
+        if (!pending_.empty()) {  // written before: goes first
+            q->items.push_back(out_queue::item{std::move(pending_), 0, true});
+            q->bytes = std::get<0>(q->items.back().owner).size();
+            pending_ = std::vector<std::byte>();
+        }
+        adopted_ = std::move(q);
+    }
+    adopted_->items.push_back(std::move(it));
+    adopted_->bytes += bytes.size();
+    queue_send();
+}
+
+void stream_state::queue_copy(std::span<const std::byte> data) {
+    out_queue& q = *adopted_;
+    // Appended to the last buffer of copies unless the kernel has it (in the send in flight).
+    if (q.items.size() > q.head + q.in_flight && q.items.back().copied) {
+        auto& v = std::get<0>(q.items.back().owner);
+        v.insert(v.end(), data.begin(), data.end());
+    } else {
+        std::vector<std::byte> v;
+        spare_write_buffers.get(v);
+        v.assign(data.begin(), data.end());
+        q.items.push_back(out_queue::item{std::move(v), 0, true});
+    }
+    q.bytes += data.size();
+}
+
+void stream_state::prep_sendmsg(int fd, io_uring_sqe* sqe) noexcept {
+    out_queue& q = *adopted_;
+    // As many buffers as fit in one sendmsg, at most 1 GiB in all (as every send).
+    std::size_t n = 0;
+    std::size_t total = 0;
+    for (std::size_t i = q.head; i < q.items.size() && n < out_queue::max_iov && total < io_length(~std::size_t{0}); ++i) {
+        std::span<const std::byte> b = q.items[i].bytes().subspan(q.items[i].off);
+        std::size_t len = std::min<std::size_t>(b.size(), io_length(~std::size_t{0}) - total);
+        q.iov[n++] = iovec{const_cast<std::byte*>(b.data()), len};
+        total += len;
+    }
+    q.in_flight = n;
+    q.msg = msghdr{};
+    q.msg.msg_iov = q.iov.data();
+    q.msg.msg_iovlen = n;
+    io_uring_prep_sendmsg(sqe, fd, &q.msg, MSG_NOSIGNAL);
+}
+
+void stream_state::sent_from_queue(std::size_t n) noexcept {
+    out_queue& q = *adopted_;
+    q.in_flight = 0;
+    q.bytes -= n;
+    while (n > 0 && q.head < q.items.size()) {
+        out_queue::item& it = q.items[q.head];
+        std::size_t left = it.bytes().size() - it.off;
+        std::size_t take = std::min(n, left);
+        it.off += take;
+        n -= take;
+        if (it.off < it.bytes().size()) break;
+        if (it.copied) spare_write_buffers.put(std::get<0>(it.owner));
+        it.owner = std::vector<std::byte>();  // an adopted buffer is freed as soon as it is sent
+        ++q.head;
+    }
+    if (q.head == q.items.size()) adopted_.reset();  // all sent: back to plain writes
 }
 
 void stream_state::on_sent(int res) noexcept {
@@ -103,17 +185,22 @@ void stream_state::on_sent(int res) noexcept {
         } else if (write_errno_ == 0) {
             write_errno_ = res == -ECANCELED || res == -EINTR ? EPIPE : -res;
         }
-    } else if (kind_ == send_kind::send) {
+    } else if (kind_ == send_kind::send || kind_ == send_kind::sendmsg) {
         // A send of a non-empty buffer that took nothing would be asked again forever.
         if (res == 0 && write_errno_ == 0) write_errno_ = EIO;
-        send_off_ += static_cast<std::size_t>(res);
+        if (kind_ == send_kind::send)
+            send_off_ += static_cast<std::size_t>(res);
+        else
+            sent_from_queue(static_cast<std::size_t>(res));
     } else if (kind_ == send_kind::shutdown) {
         fin_ = fin::sent;
     }
+    if (adopted_) adopted_->in_flight = 0;  // (a failed or cancelled sendmsg)
     if (write_errno_ != 0 || aborted_) {  // nothing more will be sent: drop the data
         pending_.clear();
         sending_.clear();
         send_off_ = 0;
+        adopted_.reset();
     }
     if (send_off_ == sending_.size()) {
         sending_.clear();
@@ -128,7 +215,7 @@ void stream_state::on_sent(int res) noexcept {
         }
     }
     bool more = write_errno_ == 0 && !aborted_ &&
-                (send_off_ < sending_.size() || !pending_.empty() || fin_ == fin::requested);
+                (send_off_ < sending_.size() || !pending_.empty() || adopted_ || fin_ == fin::requested);
     socket_state* ss = sock.state_ptr();
     if (more) {
         send_queued_ = true;  // keeps the reference and the in-flight count
@@ -201,12 +288,19 @@ detail::stream_state* need(detail::stream_state* s) {
 }  // namespace
 
 void stream_writer::write(std::span<const std::byte> data) { need(s_)->write(data); }
+void stream_writer::write(std::string&& data) { need(s_)->write_owned(std::move(data)); }
+void stream_writer::write(std::vector<std::byte>&& data) { need(s_)->write_owned(std::move(data)); }
+void stream_writer::writelines(std::vector<std::string> parts) {
+    detail::stream_state* s = need(s_);
+    for (std::string& p : parts) s->write_owned(std::move(p));
+}
 task<> stream_writer::drain() { return need(s_)->drain(); }
 void stream_writer::set_write_buffer_limits(std::size_t high, std::optional<std::size_t> low) {
     std::size_t lo = low.value_or(high / 4);
     if (lo > high) throw std::invalid_argument("ringio: low water mark above the high one");
-    need(s_)->high = high;
-    s_->low = lo;
+    constexpr std::size_t most = std::numeric_limits<std::uint32_t>::max();
+    need(s_)->high = static_cast<std::uint32_t>(std::min(high, most));
+    s_->low = static_cast<std::uint32_t>(std::min(lo, most));
 }
 std::size_t stream_writer::buffered() const noexcept { return s_ ? s_->write_buffered() : 0; }
 void stream_writer::write_eof() { need(s_)->write_eof(); }

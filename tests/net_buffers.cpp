@@ -66,6 +66,9 @@ ringio::task<std::size_t> echo_storm(std::size_t conns, std::size_t total, std::
     co_return ok;
 }
 
+/// A size that a write(std::string&&) adopts rather than copies.
+std::size_t adopt_size() { return 64 * 1024; }
+
 }  // namespace
 
 TEST_CASE("200 connections through 4 shared receive buffers: the ring runs dry, nothing is lost") {
@@ -369,6 +372,108 @@ TEST_CASE("a bulk read cancelled while it waits loses nothing; one waiting when 
         w.close();
         CHECK(co_await ringio::wait_for(std::move(pending), 5s) == 0);
         co_await w.wait_closed();
+        srv.close();
+        co_await srv.wait_closed();
+    }());
+}
+
+TEST_CASE("writes that hand over their buffer: mixed with copied writes, every byte arrives in order; large ones are not copied") {
+    run_bounded([]() -> ringio::task<> {
+        std::string got;
+        ringio::event done;
+        auto srv = co_await ringio::start_server(
+            [&](ringio::stream_reader r, ringio::stream_writer) -> ringio::task<> {
+                got = co_await test::read_to_eof(r);
+                done.set();
+            },
+            "127.0.0.1", 0);
+        auto conn = co_await ringio::open_connection("127.0.0.1", srv.port());
+        ringio::stream_writer& w = conn.second;  // (clang 14: a lambda cannot capture a structured binding)
+        std::string expected;
+        auto copy = [&](std::string_view s) {
+            w.write(s);
+            expected += s;
+        };
+        copy("head-");
+        std::string big1 = pattern(1, 1024 * 1024);
+        expected += big1;
+        std::size_t before = stress::heap_in_use();
+        w.write(std::move(big1));
+        std::size_t after = stress::heap_in_use();
+        CAPTURE(before);
+        CAPTURE(after);
+        CHECK(after < before + 64 * 1024);  // a copy would have taken 1 MiB more
+        CHECK(big1.empty());
+        CHECK(w.buffered() == 5 + 1024 * 1024);
+        copy("mid-");
+        std::string b2 = pattern(2, 512 * 1024);
+        expected += b2;
+        std::vector<std::byte> big2(reinterpret_cast<const std::byte*>(b2.data()), reinterpret_cast<const std::byte*>(b2.data()) + b2.size());
+        w.write(std::move(big2));
+        std::vector<std::string> lines{"a", pattern(3, 100 * 1024), "b", std::string(100, 'c')};
+        for (const auto& l : lines) expected += l;
+        w.writelines(std::move(lines));
+        copy("tail");
+        co_await w.drain();
+        // The queue emptied: plain writes again, then one more adopted buffer, twice over.
+        for (int round = 0; round < 2; ++round) {
+            copy("again-");
+            std::string big3 = pattern(4 + static_cast<std::size_t>(round), 300 * 1024);
+            expected += big3;
+            w.write(std::move(big3));
+            co_await w.drain();
+        }
+        w.write_eof();
+        co_await ringio::wait_for(done.wait(), 10s);
+        CHECK(got.size() == expected.size());
+        CHECK(got == expected);
+        w.close();
+        co_await w.wait_closed();
+        srv.close();
+        co_await srv.wait_closed();
+    }());
+}
+
+TEST_CASE("an adopted buffer the peer does not read: abort() frees it, close() after write_eof() still sends it whole") {
+    run_bounded([]() -> ringio::task<> {
+        ringio::event go;
+        std::string got;
+        ringio::event done;
+        auto srv = co_await ringio::start_server(
+            [&](ringio::stream_reader r, ringio::stream_writer) -> ringio::task<> {
+                co_await go.wait();
+                try {
+                    got = co_await test::read_to_eof(r);
+                    done.set();
+                } catch (const std::system_error&) {  // the aborted connection: reset
+                }
+            },
+            "127.0.0.1", 0);
+        std::size_t before = stress::heap_in_use();
+        {
+            // More than the kernel buffers hold: part of it stays with the stream, part in flight.
+            auto [r, w] = co_await ringio::open_connection("127.0.0.1", srv.port());
+            w.write(pattern(5, 16 * 1024 * 1024));
+            CHECK_THROWS_AS(co_await ringio::wait_for(w.drain(), 200ms), ringio::timeout_error);
+            w.abort();
+            co_await w.wait_closed();
+            CHECK_THROWS(w.write(std::string(adopt_size(), 'x')));  // (EPIPE: its send was cut short)
+        }
+        std::size_t after = stress::heap_in_use();
+        CAPTURE(before);
+        CAPTURE(after);
+        CHECK(after < before + 1024 * 1024);  // the 16 MiB buffer is gone
+        // The same, but closed gracefully: every byte reaches the peer once it reads.
+        auto [r2, w2] = co_await ringio::open_connection("127.0.0.1", srv.port());
+        std::string data = pattern(6, 8 * 1024 * 1024);
+        w2.write(std::string(data));
+        w2.write_eof();
+        w2.close();
+        go.set();
+        co_await ringio::wait_for(done.wait(), 10s);
+        co_await w2.wait_closed();
+        CHECK(got.size() == data.size());
+        CHECK(got == data);
         srv.close();
         co_await srv.wait_closed();
     }());

@@ -125,12 +125,21 @@ public:
     /// invalid_state_error after close() or write_eof().
     void write(std::span<const std::byte> data);
     void write(std::string_view data) { write(std::as_bytes(std::span(data.data(), data.size()))); }
+    void write(const char* data) { write(std::string_view(data)); }
+    /// The same, without copying: the stream takes the buffer and frees it once the kernel has
+    /// sent it (one under 16 KiB is copied, which costs less). For large responses:
+    ///   writer.write(std::move(body));   // body is left empty
+    void write(std::string&& data);
+    void write(std::vector<std::byte>&& data);
+    /// Several buffers at once (asyncio's writelines), each taken as write(std::string&&)
+    /// takes it; they leave together with the pass's other writes, in one sendmsg.
+    void writelines(std::vector<std::string> parts);
 
     /// Waits while more than the high-water mark is buffered, until it drops to the low mark.
     /// Throws the connection's error if sending failed. One task at a time (invalid_state_error
     /// otherwise). Cancel safety: safe; buffered data stays buffered and is still sent.
     task<> drain();
-    /// Default 64 KiB / 16 KiB (low = high / 4 when not given).
+    /// Default 64 KiB / 16 KiB (low = high / 4 when not given); either is capped at 4 GiB - 1.
     void set_write_buffer_limits(std::size_t high, std::optional<std::size_t> low = std::nullopt);
     /// Bytes buffered and not yet taken by the kernel.
     [[nodiscard]] std::size_t buffered() const noexcept;
