@@ -14,17 +14,21 @@
 namespace ringio::detail {
 
 //
-// A read that finds nothing buffered arms one receive that selects its buffer from the loop's
-// ring (IOSQE_BUFFER_SELECT): the kernel takes a buffer only when data arrives, the reader
-// copies straight out of it and gives it back, so a buffer is held only from the data's
-// arrival to its reading, never by an idle connection. Data is taken only when a reader asks,
-// so a fast peer cannot fill the server's memory (no pause_reading needed).
+// The first read that finds nothing buffered arms the stream's receive, which selects its
+// buffers from the loop's ring (IOSQE_BUFFER_SELECT): the kernel takes a buffer only when data
+// arrives, the reader copies straight out of it and gives it back, so a buffer is held only
+// from the data's arrival to its reading, never by an idle connection. Where the kernel has it
+// the receive is multishot: armed once, it stays armed across reads (no SQE and no poll to set
+// up per read). It is paused (cancelled) when more than pause_mark piles up for a reader that
+// is not reading, so a fast peer cannot fill the server's memory, and armed again by the next
+// read that finds nothing. Every final completion (EOF, an error, our cancel, or -ENOBUFS,
+// which is how a FIN that arrives while the ring is dry shows up) leaves it unarmed; a waiting
+// reader arms it again at once (or when a buffer comes back), any other by its next read.
+// Without multishot (the epoll backend, kernels before 6.0) the same receive is one-shot.
 //
 // A read into more memory than a ring buffer holds receives straight into it instead (see
-// recv_into), so bulk reads are neither cut into ring-buffer pieces nor copied.
-//
-// Not yet a multishot receive (one SQE for many arrivals): it must be armed again after every
-// final completion that is neither our cancel nor EOF, -ENOBUFS included (docs/net.md).
+// recv_into), so bulk reads are neither cut into ring-buffer pieces nor copied; only while no
+// receive is armed, so a stream that read through the ring before stays with it.
 
 void stream_state::arm_recv() {
     if (armed_ || recv_done()) return;
@@ -92,6 +96,7 @@ void stream_state::on_recv(int res, std::uint32_t flags) noexcept {
         else
             bufs_->recycle(bid);
     }
+    if (res == -ENOBUFS) bufs_->ran_dry();
     if (res == 0)
         eof_received_ = true;
     else if (res < 0 && res != -ENOBUFS && res != -ECANCELED && res != -EINTR && recv_error_ == 0)
@@ -100,6 +105,21 @@ void stream_state::on_recv(int res, std::uint32_t flags) noexcept {
     // came back): it goes back now. A reader woken and not yet run takes it itself.
     suspension::state reader = static_cast<stream_reader_wait&>(*this).current_state();
     if (reader == suspension::state::idle) spill_all();
+    if (flags & IORING_CQE_F_MORE) {
+        // A multishot receive goes on. Paused (cancelled) once a reader that is not reading lets
+        // more than the pause mark pile up: data is taken from the kernel only about as fast
+        // as the reader asks for it (its final completion comes later and may still bring data).
+        if (reader != suspension::state::waiting && !pausing_ && buffered() > pause_mark) {
+            pausing_ = true;
+            loop_->cancel_io(&recv_req());
+        }
+        if (reader == suspension::state::waiting && chunk_count_ > 0) wake_reader();
+        return;
+    }
+    // The receive has ended. Whatever ended it (EOF, an error, our cancel, or -ENOBUFS: a FIN
+    // that arrives while the ring is dry ends a multishot receive that way), it is armed again
+    // below while a reader waits, or by the next read.
+    pausing_ = false;
     armed_ = false;
     bool waiting = reader == suspension::state::waiting;
     bool arrived = chunk_count_ > 0;

@@ -54,7 +54,10 @@ stream_state::stream_state(socket s, std::size_t lim) : sock(std::move(s)), limi
             [](io_request* r, io_uring_sqe* sqe) noexcept {
                 stream_state* st = of(static_cast<stream_recv_request*>(r));
                 st->recycled_mark_ = st->bufs_->recycled();
-                io_uring_prep_recv(sqe, st->sock.fd(), nullptr, 0, 0);
+                if (st->loop_->features().recv_multishot)
+                    io_uring_prep_recv_multishot(sqe, st->sock.fd(), nullptr, 0, 0);
+                else
+                    io_uring_prep_recv(sqe, st->sock.fd(), nullptr, 0, 0);
                 sqe->flags |= IOSQE_BUFFER_SELECT;
                 sqe->buf_group = st->bufs_->group();
             },

@@ -26,6 +26,8 @@ inline constexpr std::size_t min_chunk = 16 * 1024;
 inline constexpr std::size_t max_chunk = 256 * 1024;
 // read_exactly receives straight into the caller's memory from this size on.
 inline constexpr std::size_t direct_threshold = 64 * 1024;
+// A multishot receive is paused when more than this waits for a reader that is not reading.
+inline constexpr std::size_t pause_mark = 64 * 1024;
 // A write that hands over its buffer keeps it (no copy) from this size on; smaller ones are copied.
 inline constexpr std::size_t adopt_min = 16 * 1024;
 
@@ -139,6 +141,7 @@ private:
     fin fin_ = fin::none;
     bool aborted_ = false;
     bool direct_ = false;        // with the ring: a receive straight into a reader's memory is in flight
+    bool pausing_ = false;       // the multishot receive is being cancelled: its reader lags
 
 
 public:

@@ -6,6 +6,8 @@
 #include <ringio/detail/buffer_ring.hpp>
 #include <ringio/ringio.hpp>
 
+#include <fmt/format.h>
+
 #include <random>
 
 #include "helpers.hpp"
@@ -86,7 +88,7 @@ TEST_CASE("200 connections through 4 shared receive buffers: the ring runs dry, 
         std::size_t ok = co_await echo_storm(200, 64 * 1024, 5000);
         CHECK(ok == 200);
         if (ring) {
-            CHECK(ring->exhausted() > 0);  // receives really waited for buffers (ENOBUFS)
+            CHECK(ring->exhausted() > 0);  // receives really found the ring dry (ENOBUFS)
             CHECK(ring->in_use() == 0);     // and every buffer went back
         }
     }(), 60s, options);
@@ -477,4 +479,90 @@ TEST_CASE("an adopted buffer the peer does not read: abort() frees it, close() a
         srv.close();
         co_await srv.wait_closed();
     }());
+}
+
+TEST_CASE("multishot receive: peers send and close while their readers do not read and the ring is dry; every byte and every EOF arrives") {
+    // The multishot receive's hard case (../shared/tools/multishot-eof, -H): a receive that
+    // finds the ring dry ends with ENOBUFS, the FIN arrives meanwhile, and only a receive armed
+    // again sees it. Here 200 connections share 8 buffers, and no reader reads until every peer
+    // has sent 20 KiB and its FIN.
+    constexpr std::size_t conns = 200;
+    constexpr std::size_t size = 20 * 1024;
+    ringio::loop_options options;
+    options.stream_buffers = 8;
+    std::size_t fds = test::open_fds();
+    run_bounded([]() -> ringio::task<> {
+        ringio::event all_sent;
+        std::size_t complete = 0;
+        std::size_t handlers = 0;
+        auto srv = co_await ringio::start_server(
+            [&](ringio::stream_reader r, ringio::stream_writer) -> ringio::task<> {
+                std::string first = co_await r.read_exactly(8);  // arms the receive; the id
+                ++handlers;
+                co_await all_sent.wait();
+                std::string rest = co_await test::read_to_eof(r);
+                std::size_t id = std::stoul(first);
+                if (rest == pattern(id, size)) ++complete;
+            },
+            "127.0.0.1", 0, ringio::server_options{.backlog = 1024});
+        std::vector<std::pair<ringio::stream_reader, ringio::stream_writer>> clients;
+        for (std::size_t i = 0; i < conns; ++i) {
+            auto c = co_await ringio::open_connection("127.0.0.1", srv.port());
+            c.second.write(fmt::format("{:08}", i));
+            clients.push_back(std::move(c));
+        }
+        CHECK(co_await test::eventually([&] { return handlers == conns; }, 10s));
+        for (std::size_t i = 0; i < conns; ++i) {
+            clients[i].second.write(pattern(i, size));
+            clients[i].second.write_eof();
+        }
+        for (auto& c : clients) co_await c.second.drain();
+        co_await ringio::sleep(0ms);
+        all_sent.set();
+        CHECK(co_await test::eventually([&] { return complete == conns; }, 20s));
+        for (auto& c : clients) c.second.close();
+        srv.close();
+        co_await srv.wait_closed();
+    }(), 60s, options);
+    CHECK(test::open_fds() == fds);
+}
+
+TEST_CASE("multishot receive: readers that lag behind are paused and resumed many times; data and FIN arriving in the pause lose nothing") {
+    run_bounded([]() -> ringio::task<> {
+        constexpr std::size_t conns = 50;
+        constexpr std::size_t size = 1024 * 1024;
+        std::size_t complete = 0;
+        auto srv = co_await ringio::start_server(
+            [&](ringio::stream_reader r, ringio::stream_writer) -> ringio::task<> {
+                std::string id = co_await r.read_exactly(8);
+                std::string all;
+                // Small reads, and other work between them: the peer outruns the reader, whose
+                // receive is paused whenever more than the pause mark waits, and resumed by the
+                // next read that finds nothing.
+                for (int i = 0; i < 1'000'000; ++i) {
+                    std::string chunk = co_await r.read(1000);
+                    if (chunk.empty()) break;
+                    all += chunk;
+                    if (i % 8 == 0) co_await ringio::sleep(0ms);
+                }
+                if (all == pattern(std::stoul(id), size)) ++complete;
+            },
+            "127.0.0.1", 0);
+        std::vector<ringio::task_handle<>> senders;
+        for (std::size_t i = 0; i < conns; ++i)
+            senders.push_back(ringio::create_task([](std::uint16_t port, std::size_t id) -> ringio::task<> {
+                auto [r, w] = co_await ringio::open_connection("127.0.0.1", port);
+                w.write(fmt::format("{:08}", id));
+                w.write(pattern(id, size));  // all at once, the FIN right behind it
+                w.write_eof();
+                co_await w.drain();
+                (void)co_await test::read_to_eof(r);  // until the server closes
+                w.close();
+                co_await w.wait_closed();
+            }(srv.port(), i)));
+        for (auto& s : senders) co_await ringio::wait_for(std::move(s), 30s);
+        CHECK(complete == conns);
+        srv.close();
+        co_await srv.wait_closed();
+    }(), 60s);
 }

@@ -58,13 +58,11 @@ public:
     [[nodiscard]] std::uint32_t recycled() const noexcept { return recycled_; }
     /// Buffers handed to us by completions and not given back yet.
     [[nodiscard]] std::uint32_t in_use() const noexcept { return taken_ - recycled_; }
-    /// How many times a receive had to wait for a buffer (the ring ran dry: ENOBUFS).
+    /// How many receives found the ring dry (ended with ENOBUFS), as its owners report them.
     [[nodiscard]] std::uint64_t exhausted() const noexcept { return exhausted_; }
+    void ran_dry() noexcept { ++exhausted_; }
     /// `w->ready` runs (once) when the next buffer is given back; it must not wait again at once.
-    void wait(buffer_waiter* w) noexcept {
-        ++exhausted_;
-        waiters_.push_back(w);
-    }
+    void wait(buffer_waiter* w) noexcept { waiters_.push_back(w); }
     static void cancel_wait(buffer_waiter* w) noexcept {
         if (w->linked()) intrusive_list<buffer_waiter>::erase(w);
     }
