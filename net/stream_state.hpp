@@ -302,6 +302,7 @@ private:
         std::array<iovec, max_iov> iov{};
     };
     std::unique_ptr<out_queue> adopted_;
+    void check_writable() const;  // throws what a write() now would
     void queue_copy(std::span<const std::byte> data);
     void prep_sendmsg(int fd, io_uring_sqe* sqe) noexcept;
     void sent_from_queue(std::size_t n) noexcept;

@@ -86,10 +86,14 @@ void stream_state::queue_send() {
     loop_->submit_later(&send_req());
 }
 
-void stream_state::write(std::span<const std::byte> data) {
+void stream_state::check_writable() const {
     if (write_errno_ != 0) throw make_system_error(write_errno_, fmt::format("ringio: write to {}", peer()));
     if (phase_ != phase::open) throw invalid_state_error("ringio: write() after close()");
     if (fin_ != fin::none) throw invalid_state_error("ringio: write() after write_eof()");
+}
+
+void stream_state::write(std::span<const std::byte> data) {
+    check_writable();
     if (data.empty()) return;
     if (adopted_) {
         queue_copy(data);
@@ -108,9 +112,7 @@ void stream_state::write_owned(std::variant<std::vector<std::byte>, std::string>
         write(bytes);
         return;
     }
-    if (write_errno_ != 0) throw make_system_error(write_errno_, fmt::format("ringio: write to {}", peer()));
-    if (phase_ != phase::open) throw invalid_state_error("ringio: write() after close()");
-    if (fin_ != fin::none) throw invalid_state_error("ringio: write() after write_eof()");
+    check_writable();
     if (!adopted_) {
         auto q = std::make_unique<out_queue>();
         q->items.reserve(4);
