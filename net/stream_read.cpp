@@ -96,7 +96,7 @@ task<std::string> do_read(detail::stream_state* s, std::size_t n) {
         co_return more ? s->take(n) : std::string();
     }
     if (s->rbuf.empty() && !co_await s->fill(n)) co_return std::string();
-    co_return s->rbuf.take(n);
+    co_return s->take(n);  // (with the ring: what waits in ring buffers goes behind rbuf first)
 }
 
 task<std::string> do_read_all(detail::stream_state* s, std::size_t max_size) {
@@ -119,10 +119,7 @@ task<std::size_t> do_read_some(detail::stream_state* s, std::span<std::byte> buf
     if (buf.empty()) co_return 0;
     detail::byte_buffer& b = s->rbuf;
     if (b.empty()) co_return co_await s->recv_into(buf);  // straight into buf where it can
-    std::size_t n = std::min(buf.size(), b.size());
-    std::memcpy(buf.data(), b.data(), n);
-    b.consume(n);
-    co_return n;
+    co_return s->take_into(buf);
 }
 
 task<std::string> do_read_exactly(detail::stream_state* s, std::size_t n) {

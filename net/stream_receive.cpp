@@ -147,6 +147,7 @@ stream_state::arrival stream_state::arrived(std::size_t had, bool spill) noexcep
 
 std::size_t stream_state::take_into(std::span<std::byte> buf) noexcept {
     if (rbuf.empty()) return copy_received(buf);
+    spill_all();  // (behind rbuf: no ring buffer stays taken while the caller runs)
     std::size_t n = std::min(buf.size(), rbuf.size());  // spilled while the reader waited to run
     std::memcpy(buf.data(), rbuf.data(), n);
     rbuf.consume(n);
@@ -154,7 +155,10 @@ std::size_t stream_state::take_into(std::span<std::byte> buf) noexcept {
 }
 
 std::string stream_state::take(std::size_t n) {
-    if (!rbuf.empty()) return rbuf.take(n);
+    if (!rbuf.empty()) {
+        spill_all();  // (behind rbuf: no ring buffer stays taken while the caller runs)
+        return rbuf.take(n);
+    }
     std::string out(std::min(n, buffered()), '\0');
     copy_received(std::as_writable_bytes(std::span(out)));
     return out;

@@ -181,7 +181,7 @@ void stream_state::finish_close() noexcept {
         spill_all();
         wake_reader();
     }
-    ::close(sock.release());
+    sock = socket();  // closes it (nothing is in flight), without release()'s work (restoring O_NONBLOCK)
     closed_event_.set();
     wake_drainer();
 }

@@ -342,6 +342,7 @@ struct stream_state::arrival {
     bool await_suspend(std::coroutine_handle<> h) {
         suspension& w = st->reader_wait();
         if (!w.begin(h)) return false;
+        st->pausing_ = false;  // (if that cancel did not end the receive, the next pause cancels again)
         if (!st->buffers_back().linked()) st->arm_recv();
         w.arm([](suspension* sp) noexcept {
             stream_state* s = of(sp);

@@ -110,7 +110,7 @@ reactor::fd_entry& reactor::entry(int fd) {
 }
 
 void reactor::reset(fd_entry& e) noexcept {
-    e.watched = e.registered = e.stream = e.inq = e.out_registered = e.connecting = e.cancel_untried = e.hung_up = false;
+    e.watched = e.registered = e.stream = e.inq = e.inq_tried = e.out_registered = e.connecting = e.cancel_untried = e.hung_up = false;
     e.readable = e.writable = true;
 }
 
@@ -132,11 +132,6 @@ bool reactor::try_watch(int fd, bool* made_nonblocking) noexcept {
     int type = 0;
     socklen_t len = sizeof type;
     e.stream = ::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM;
-    // TCP (not Unix) sockets say how much a receive left queued (see recv_inq). Turned off again
-    // when the fd is handed back (socket::release), so its owner sees no control message it did
-    // not ask for; a recvmsg asking for control messages meanwhile gets it turned off around it.
-    const int one = 1;
-    e.inq = e.stream && ::setsockopt(fd, IPPROTO_TCP, TCP_INQ, &one, sizeof one) == 0;
     epoll_event ev{};
     ev.events = watched_events;
     ev.data.fd = fd;
@@ -237,6 +232,15 @@ void reactor::attempt(io_request* r, bool cancel_once) noexcept {
             len = static_cast<unsigned>(buffers->buffer_size());
         }
         const int flags = static_cast<int>(sqe.msg_flags) | MSG_DONTWAIT;
+        if (e && e->stream && !e->inq_tried && sqe.opcode == IORING_OP_RECV) {
+            // TCP (not Unix) sockets say how much a receive left queued (see recv_inq); set at
+            // the first receive, so a listener (whose accepted sockets would inherit it) never
+            // has it. Turned off again when the fd is handed back (socket::release), and around
+            // every recvmsg of the user's, so that nobody sees a control message not asked for.
+            e->inq_tried = true;
+            const int one = 1;
+            e->inq = ::setsockopt(fd, IPPROTO_TCP, TCP_INQ, &one, sizeof one) == 0;
+        }
         const bool inq = plain && e && e->inq && sqe.opcode == IORING_OP_RECV;
         int left = -1;
         ssize_t n;
@@ -248,7 +252,7 @@ void reactor::attempt(io_request* r, bool cancel_once) noexcept {
             } while (n < 0 && errno == EINTR);
         } else {
             auto* mh = static_cast<msghdr*>(addr);
-            const bool quiet = e && e->inq && mh->msg_controllen > 0;  // no TCP_CM_INQ for the caller
+            const bool quiet = e && e->inq;  // no TCP_CM_INQ (nor MSG_CTRUNC for it) for the caller
             const int off = 0, on = 1;
             if (quiet) ::setsockopt(fd, IPPROTO_TCP, TCP_INQ, &off, sizeof off);
             do {
@@ -290,7 +294,13 @@ void reactor::attempt(io_request* r, bool cancel_once) noexcept {
         } while (n < 0 && errno == EINTR);
         res = n >= 0 ? static_cast<int>(n) : fail();
         // Full: EAGAIN, or a short send (the rest would get EAGAIN).
-        if (e && e->watched && (res == -EAGAIN || (sqe.opcode == IORING_OP_SEND && res >= 0 && static_cast<unsigned>(res) < sqe.len)))
+        std::size_t asked = sqe.len;
+        if (sqe.opcode == IORING_OP_SENDMSG) {
+            const auto* mh = static_cast<const msghdr*>(addr);
+            asked = 0;
+            for (std::size_t i = 0; i < mh->msg_iovlen; ++i) asked += mh->msg_iov[i].iov_len;
+        }
+        if (e && e->watched && (res == -EAGAIN || (res >= 0 && static_cast<std::size_t>(res) < asked)))
             e->writable = false;
         break;
     }

@@ -93,6 +93,7 @@ private:
         bool stream = false;                 // SOCK_STREAM: a short read means drained...
         bool hung_up = false;                // ... unless the peer's FIN (or an error) was seen
         bool inq = false;                    // TCP_INQ on: a receive tells what it left queued
+        bool inq_tried = false;              // (set at the first receive)
         bool readable = true;                // readiness as last seen (watched fds)
         bool writable = true;
         bool out_registered = false;         // EPOLLOUT registered (a writer waits)

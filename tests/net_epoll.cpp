@@ -12,6 +12,7 @@
 
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pty.h>
 #include <sys/resource.h>
@@ -719,11 +720,30 @@ TEST_CASE("epoll: recvmsg asking for control messages, and a released TCP fd, se
         CHECK(m.msg_controllen == 0);
         write_all(c, "de");
         CHECK(co_await ringio::wait_for(s.recv(std::span(buf, 1)), 5s) == 1);  // still there after
+        // Without a control buffer: nothing truncated either.
+        write_all(c, "f");
+        m = {};
+        iov = {buf, sizeof buf};
+        m.msg_iov = &iov;
+        m.msg_iovlen = 1;
+        CHECK(co_await ringio::wait_for(s.recvmsg(m), 5s) == 2);  // "ef"
+        CHECK((m.msg_flags & MSG_CTRUNC) == 0);
+        write_all(c, "g");
         int fd = s.release();
         ask(m, iov);
         CHECK(::recvmsg(fd, &m, 0) == 1);
         CHECK(m.msg_controllen == 0);
         ::close(fd);
+        // An accepted socket handed back before any receive never had TCP_INQ (not inherited
+        // from a listener that had it).
+        int c2 = plain_tcp_client(listener.local_endpoint().port());
+        int fd2 = (co_await listener.accept()).first.release();
+        int inq = -1;
+        socklen_t len = sizeof inq;
+        REQUIRE(::getsockopt(fd2, IPPROTO_TCP, TCP_INQ, &inq, &len) == 0);
+        CHECK(inq == 0);
+        ::close(fd2);
+        ::close(c2);
         ::close(c);
     }(), 15s, on_epoll);
     CHECK(test::open_fds() == fds);

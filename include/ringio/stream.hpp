@@ -83,7 +83,9 @@ public:
     /// Reads into buf: up to buf.size() bytes, 0 at EOF. When nothing is buffered and buf is
     /// larger than one of the loop's shared receive buffers (4 KiB; or always, with
     /// loop_options::stream_buffers = 0), the kernel writes straight into buf (no copy) and one
-    /// call returns whatever it has queued, up to buf.size().
+    /// call returns whatever it has queued, up to buf.size(); but not once an earlier read of
+    /// this stream went through the shared buffers (its receive stays armed): then a call
+    /// returns at most what two shared buffers hold, copied.
     task<std::size_t> read_some(std::span<std::byte> buf);
     /// Exactly n bytes; at EOF first throws incomplete_read_error with the partial bytes.
     task<std::string> read_exactly(std::size_t n);
