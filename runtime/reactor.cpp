@@ -153,6 +153,10 @@ void reactor::forget(int fd) noexcept {
     fd_entry* e = find(fd);
     if (!e) return;
     if (e->registered) ::epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
+    // Readiness already reported for it and not yet handled is the old file's, not for
+    // whatever reuses the number.
+    for (std::size_t k = next_event_; k < event_count_; ++k)
+        if (events_[k].data.fd == fd) events_[k].data.fd = -1;
     // (nothing should wait on an fd being closed; whatever does is cancelled, not lost)
     while (io_request* r = e->waiting.pop_front()) {
         r->reactor_state = cancelled;
@@ -522,24 +526,32 @@ bool reactor::wants(fd_entry& e, std::uint32_t events) noexcept {
 }
 
 void reactor::wait(long long timeout_ns) {
-    if (!retry_.empty() && (timeout_ns < 0 || timeout_ns > retry_ns)) timeout_ns = retry_ns;
-    int n;
-    if (timeout_ns < 0) {
-        n = ::epoll_wait(epfd_, events_.data(), static_cast<int>(events_.size()), -1);
-    } else if (have_pwait2_) {
-        timespec ts{static_cast<time_t>(timeout_ns / 1'000'000'000), static_cast<long>(timeout_ns % 1'000'000'000)};
-        n = ::epoll_pwait2(epfd_, events_.data(), static_cast<int>(events_.size()), &ts, nullptr);
-    } else {
-        // Milliseconds, rounded up, so that a timer never fires early.
-        long long ms = (timeout_ns + 999'999) / 1'000'000;
-        n = ::epoll_wait(epfd_, events_.data(), static_cast<int>(events_.size()), static_cast<int>(std::min<long long>(ms, INT_MAX)));
+    if (next_event_ == event_count_) {
+        next_event_ = event_count_ = 0;
+        if (!retry_.empty() && (timeout_ns < 0 || timeout_ns > retry_ns)) timeout_ns = retry_ns;
+        int n;
+        if (timeout_ns < 0) {
+            n = ::epoll_wait(epfd_, events_.data(), static_cast<int>(events_.size()), -1);
+        } else if (have_pwait2_) {
+            timespec ts{static_cast<time_t>(timeout_ns / 1'000'000'000), static_cast<long>(timeout_ns % 1'000'000'000)};
+            n = ::epoll_pwait2(epfd_, events_.data(), static_cast<int>(events_.size()), &ts, nullptr);
+        } else {
+            // Milliseconds, rounded up, so that a timer never fires early.
+            long long ms = (timeout_ns + 999'999) / 1'000'000;
+            n = ::epoll_wait(epfd_, events_.data(), static_cast<int>(events_.size()), static_cast<int>(std::min<long long>(ms, INT_MAX)));
+        }
+        if (n < 0) {
+            if (errno == EINTR) return;
+            throw make_system_error(errno, "ringio: epoll_wait");
+        }
+        event_count_ = static_cast<std::size_t>(n);
     }
-    if (n < 0) {
-        if (errno == EINTR) return;
-        throw make_system_error(errno, "ringio: epoll_wait");
+    std::size_t end = std::min(event_count_, next_event_ + events_per_pass);
+    while (next_event_ < end) {
+        const epoll_event& ev = events_[next_event_++];
+        if (ev.data.fd >= 0) on_ready(ev.data.fd, ev.events);
     }
-    for (int k = 0; k < n; ++k) on_ready(events_[static_cast<std::size_t>(k)].data.fd, events_[static_cast<std::size_t>(k)].events);
-    if (static_cast<std::size_t>(n) == events_.size() && events_.size() < 65536) {
+    if (next_event_ == event_count_ && event_count_ == events_.size() && events_.size() < 65536) {
         try {
             events_.resize(events_.size() * 2);
         } catch (const std::bad_alloc&) {  // (the next wait takes the rest)
