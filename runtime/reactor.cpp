@@ -88,11 +88,10 @@ ssize_t recv_inq(int fd, void* into, unsigned len, int flags, int* left) noexcep
 reactor::reactor() {
     epfd_ = ::epoll_create1(EPOLL_CLOEXEC);
     if (epfd_ < 0) throw make_system_error(errno, "ringio: epoll_create1");
-    events_.resize(256);
     // epoll_pwait2 waits to the nanosecond (5.11); a seccomp profile that does not know it
     // refuses it (EPERM), an older kernel lacks it (ENOSYS): then epoll_wait, in milliseconds.
     timespec zero{};
-    if (::epoll_pwait2(epfd_, events_.data(), 1, &zero, nullptr) < 0 && errno != EINTR) have_pwait2_ = false;
+    if (::epoll_pwait2(epfd_, events_, 1, &zero, nullptr) < 0 && errno != EINTR) have_pwait2_ = false;
 }
 
 reactor::~reactor() { ::close(epfd_); }
@@ -153,10 +152,6 @@ void reactor::forget(int fd) noexcept {
     fd_entry* e = find(fd);
     if (!e) return;
     if (e->registered) ::epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
-    // Readiness already reported for it and not yet handled is the old file's, not for
-    // whatever reuses the number.
-    for (std::size_t k = next_event_; k < event_count_; ++k)
-        if (events_[k].data.fd == fd) events_[k].data.fd = -1;
     // (nothing should wait on an fd being closed; whatever does is cancelled, not lost)
     while (io_request* r = e->waiting.pop_front()) {
         r->reactor_state = cancelled;
@@ -526,37 +521,23 @@ bool reactor::wants(fd_entry& e, std::uint32_t events) noexcept {
 }
 
 void reactor::wait(long long timeout_ns) {
-    if (next_event_ == event_count_) {
-        next_event_ = event_count_ = 0;
-        if (!retry_.empty() && (timeout_ns < 0 || timeout_ns > retry_ns)) timeout_ns = retry_ns;
-        int n;
-        if (timeout_ns < 0) {
-            n = ::epoll_wait(epfd_, events_.data(), static_cast<int>(events_.size()), -1);
-        } else if (have_pwait2_) {
-            timespec ts{static_cast<time_t>(timeout_ns / 1'000'000'000), static_cast<long>(timeout_ns % 1'000'000'000)};
-            n = ::epoll_pwait2(epfd_, events_.data(), static_cast<int>(events_.size()), &ts, nullptr);
-        } else {
-            // Milliseconds, rounded up, so that a timer never fires early.
-            long long ms = (timeout_ns + 999'999) / 1'000'000;
-            n = ::epoll_wait(epfd_, events_.data(), static_cast<int>(events_.size()), static_cast<int>(std::min<long long>(ms, INT_MAX)));
-        }
-        if (n < 0) {
-            if (errno == EINTR) return;
-            throw make_system_error(errno, "ringio: epoll_wait");
-        }
-        event_count_ = static_cast<std::size_t>(n);
+    if (!retry_.empty() && (timeout_ns < 0 || timeout_ns > retry_ns)) timeout_ns = retry_ns;
+    int n;
+    if (timeout_ns < 0) {
+        n = ::epoll_wait(epfd_, events_, static_cast<int>(events_per_pass), -1);
+    } else if (have_pwait2_) {
+        timespec ts{static_cast<time_t>(timeout_ns / 1'000'000'000), static_cast<long>(timeout_ns % 1'000'000'000)};
+        n = ::epoll_pwait2(epfd_, events_, static_cast<int>(events_per_pass), &ts, nullptr);
+    } else {
+        // Milliseconds, rounded up, so that a timer never fires early.
+        long long ms = (timeout_ns + 999'999) / 1'000'000;
+        n = ::epoll_wait(epfd_, events_, static_cast<int>(events_per_pass), static_cast<int>(std::min<long long>(ms, INT_MAX)));
     }
-    std::size_t end = std::min(event_count_, next_event_ + events_per_pass);
-    while (next_event_ < end) {
-        const epoll_event& ev = events_[next_event_++];
-        if (ev.data.fd >= 0) on_ready(ev.data.fd, ev.events);
+    if (n < 0) {
+        if (errno == EINTR) return;
+        throw make_system_error(errno, "ringio: epoll_wait");
     }
-    if (next_event_ == event_count_ && event_count_ == events_.size() && events_.size() < 65536) {
-        try {
-            events_.resize(events_.size() * 2);
-        } catch (const std::bad_alloc&) {  // (the next wait takes the rest)
-        }
-    }
+    for (int k = 0; k < n; ++k) on_ready(events_[k].data.fd, events_[k].events);
     // Operations with nothing to wait for try again (they stay parked in retry_ until then).
     std::size_t again = 0;
     retry_.for_each([&again](io_request*) { ++again; });

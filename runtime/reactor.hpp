@@ -47,14 +47,11 @@ public:
     /// or waits for its fd. What their completions submit waits for the next flush.
     void flush() noexcept;
     /// Something waits for the next flush (the loop must not block before it).
-    [[nodiscard]] bool has_work() const noexcept {
-        return !pending_.empty() || !cancelled_.empty() || next_event_ < event_count_;
-    }
+    [[nodiscard]] bool has_work() const noexcept { return !pending_.empty() || !cancelled_.empty(); }
     /// Waits for readiness (at most `timeout_ns`; -1: without limit, 0: not at all) and performs
-    /// the operations whose fds became ready, at most events_per_pass fds' worth: the rest of
-    /// what one epoll_wait returned waits for the next calls (has_work() says so), so that the
-    /// tasks woken by the first fds run, and their sends leave, before the next fds are read.
-    /// Throws std::system_error if epoll_wait fails.
+    /// the operations whose fds became ready, at most events_per_pass fds' worth (the others
+    /// stay ready in the kernel for the next call), so that the tasks woken first run, and their
+    /// sends leave, before the next fds are read. Throws std::system_error if epoll_wait fails.
     void wait(long long timeout_ns);
 
     void cancel(io_request* r) noexcept;
@@ -124,12 +121,10 @@ private:
     intrusive_list<io_request> retry_;      // no readiness to wait for (a Unix connect to a full backlog)
     std::vector<int> cancel_fds_;           // entries whose cancel_untried is set
     std::vector<std::unique_ptr<fd_entry>> fds_;
-    std::vector<epoll_event> events_;
-    std::size_t next_event_ = 0;   // events_[next_event_, event_count_) wait for their turn
-    std::size_t event_count_ = 0;
-    // Replying to a batch before reading the next keeps the peers busy rather than waiting
-    // for a whole pass's reads (bench/README.md, "Backends": the 1,000-connection case).
-    static constexpr std::size_t events_per_pass = 64;
+    // Replying to a batch before reading the next keeps the peers busy rather than waiting for
+    // a whole pass's reads (bench/README.md, "Backends": the 1,000-connection case).
+    static constexpr std::size_t events_per_pass = 32;
+    epoll_event events_[events_per_pass];
 };
 
 }  // namespace ringio::detail
