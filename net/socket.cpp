@@ -82,11 +82,7 @@ void socket::reset() noexcept {
 int socket::release() noexcept {
     detail::socket_state* s = std::exchange(st_, nullptr);
     if (!s) return -1;
-    if (s->watched) {  // the epoll backend's TCP_INQ (runtime/reactor.cpp) goes with it
-        const int off = 0;
-        ::setsockopt(s->fd, IPPROTO_TCP, TCP_INQ, &off, sizeof off);
-    }
-    s->unwatch();
+    s->unwatch(true);
     int fd = s->fd;
     if (s->nonblocking_set) {  // handed back as it came: blocking (the epoll backend changed it)
         int flags = ::fcntl(fd, F_GETFL);

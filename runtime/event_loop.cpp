@@ -170,8 +170,8 @@ bool loop_core::watch_fd(int fd, bool* made_nonblocking) noexcept {
     *made_nonblocking = false;
     return !reactor_ || reactor_->try_watch(fd, made_nonblocking);
 }
-void loop_core::forget_fd(int fd) noexcept {
-    if (reactor_) reactor_->forget(fd);
+void loop_core::forget_fd(int fd, bool handed_back) noexcept {
+    if (reactor_) reactor_->forget(fd, handed_back);
 }
 void loop_core::submit_to_reactor(io_request* r) noexcept {
     ++inflight_;

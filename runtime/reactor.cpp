@@ -148,10 +148,14 @@ bool reactor::try_watch(int fd, bool* made_nonblocking) noexcept {
     return true;
 }
 
-void reactor::forget(int fd) noexcept {
+void reactor::forget(int fd, bool handed_back) noexcept {
     fd_entry* e = find(fd);
     if (!e) return;
     if (e->registered) ::epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
+    if (handed_back && e->inq) {  // (its new owner's recvmsg must see no control message of ours)
+        const int off = 0;
+        ::setsockopt(fd, IPPROTO_TCP, TCP_INQ, &off, sizeof off);
+    }
     // (nothing should wait on an fd being closed; whatever does is cancelled, not lost)
     while (io_request* r = e->waiting.pop_front()) {
         r->reactor_state = cancelled;
@@ -234,7 +238,7 @@ void reactor::attempt(io_request* r, bool cancel_once) noexcept {
         if (e && e->stream && !e->inq_tried && sqe.opcode == IORING_OP_RECV) {
             // TCP (not Unix) sockets say how much a receive left queued (see recv_inq); set at
             // the first receive, so a listener (whose accepted sockets would inherit it) never
-            // has it. Turned off again when the fd is handed back (socket::release), and around
+            // has it. Turned off again when the fd is handed back (forget), and around
             // every recvmsg of the user's, so that nobody sees a control message not asked for.
             e->inq_tried = true;
             const int one = 1;
@@ -366,7 +370,7 @@ void reactor::attempt(io_request* r, bool cancel_once) noexcept {
         res = ::shutdown(fd, static_cast<int>(sqe.len)) == 0 ? 0 : -errno;
         break;
     case IORING_OP_CLOSE:
-        forget(fd);
+        forget(fd, false);
         res = ::close(fd) == 0 ? 0 : -errno;
         break;
     case IORING_OP_READ:

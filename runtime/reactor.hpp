@@ -65,8 +65,9 @@ public:
     /// says whether it was blocking before. False (errno set) if epoll refuses it: it is then
     /// registered per wait.
     bool try_watch(int fd, bool* made_nonblocking) noexcept;
-    /// The fd is about to be closed (or handed away): it is no longer watched.
-    void forget(int fd) noexcept;
+    /// The fd is about to be closed, or handed away (`handed_back`: what the reactor set on it,
+    /// TCP_INQ, is undone): it is no longer watched.
+    void forget(int fd, bool handed_back) noexcept;
 
     /// Called when an operation completes (flags: IORING_CQE_F_MORE while a multishot accept
     /// goes on); the loop counts it out and runs its completion.

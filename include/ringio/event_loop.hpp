@@ -200,10 +200,11 @@ public:
 
     /// epoll only (no-ops on io_uring): a socket fd is registered for good (edge-triggered) and
     /// made non-blocking (`*made_nonblocking`: it was blocking) when its first operation starts,
-    /// and forgotten before it is closed or handed away. False when it cannot be registered (it
-    /// is then registered per wait).
+    /// and forgotten before it is closed or handed away (`handed_back`: it stays open, so what
+    /// the backend set on it is undone). False when it cannot be registered (it is then
+    /// registered per wait).
     bool watch_fd(int fd, bool* made_nonblocking) noexcept;
-    void forget_fd(int fd) noexcept;
+    void forget_fd(int fd, bool handed_back) noexcept;
 
     /// Posts an item to this loop's inbox (the loop's thread, or any other while the loop lives).
     bool post(remote_item* item, bool user) noexcept { return inbox_->post(item, user); }

@@ -56,10 +56,11 @@ struct socket_state : op_tracker {
     /// Cancels every operation on the fd (IORING_ASYNC_CANCEL_FD where the kernel has it, or
     /// the epoll backend; else shutdown(2), which ends blocked reads and writes just as well).
     void cancel_all() noexcept;
-    /// The fd is about to be closed or handed away: the loop's epoll backend forgets it (only
-    /// from that loop's own thread while it lives; closing the fd takes it out of epoll anyway).
-    void unwatch() noexcept {
-        if (watched && loop && loop == loop_core::current()) loop->forget_fd(fd);
+    /// The fd is about to be closed or handed away (`handed_back`): the loop's epoll backend
+    /// forgets it (only from that loop's own thread while it lives; closing the fd takes it out
+    /// of epoll anyway).
+    void unwatch(bool handed_back = false) noexcept {
+        if (watched && loop && loop == loop_core::current()) loop->forget_fd(fd, handed_back);
         watched = false;
     }
     /// Closes the fd now (no operation may be in flight).
