@@ -56,67 +56,6 @@ ringio::task<> echo_check(std::pair<ringio::stream_reader, ringio::stream_writer
     co_await w.wait_closed();
 }
 
-/// Runs `body` in a forked child (after `setup`, which may install a seccomp filter there and
-/// returns false if it could not); returns the child's exit status and what it wrote (its
-/// failures). Bounded: a child still running after `limit` is killed.
-struct child_result {
-    std::optional<int> status;
-    std::string report;
-    bool setup_failed = false;
-};
-child_result run_in_child(const std::function<bool()>& setup, const std::function<std::string()>& body,
-                          std::chrono::milliseconds limit) {
-    constexpr int exit_no_setup = 3;
-    int out[2];
-    REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
-    pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        ::close(out[0]);
-        if (!setup()) ::_exit(exit_no_setup);
-        std::string report;
-        try {
-            report = body();
-        } catch (const std::exception& e) {
-            report = std::string("exception: ") + e.what();
-        }
-        for (std::size_t off = 0; off < report.size();) {
-            ssize_t n = ::write(out[1], report.data() + off, report.size() - off);
-            if (n <= 0) break;
-            off += static_cast<std::size_t>(n);
-        }
-        ::_exit(report.empty() ? 0 : 1);  // no doctest teardown in the child
-    }
-    ::close(out[1]);
-    child_result res;
-    auto deadline = test::steady::now() + limit;
-    pollfd p{out[0], POLLIN, 0};
-    while (::poll(&p, 1, test::remaining_ms(deadline)) > 0) {
-        char buf[4096];
-        ssize_t n = ::read(out[0], buf, sizeof buf);
-        if (n <= 0) break;  // EOF: the child has ended
-        res.report.append(buf, static_cast<std::size_t>(n));
-    }
-    ::close(out[0]);
-    // The pipe's EOF comes as the child exits (or at the deadline): wait for its end, bounded.
-    int st = 0;
-    pid_t ended = 0;
-    for (int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); pidfd >= 0; pidfd = -1) {
-        pollfd pp{pidfd, POLLIN, 0};
-        if (::poll(&pp, 1, test::remaining_ms(deadline)) > 0) ended = ::waitpid(pid, &st, 0);
-        ::close(pidfd);
-    }
-    if (ended != pid) {
-        ::kill(pid, SIGKILL);
-        ::waitpid(pid, &st, 0);
-        res.report += " (killed at the time limit)";
-        return res;
-    }
-    res.status = st;
-    res.setup_failed = WIFEXITED(st) && WEXITSTATUS(st) == exit_no_setup;
-    return res;
-}
-
 /// How many times `needle` occurs in `haystack`.
 std::size_t occurrences(std::string_view haystack, std::string_view needle) {
     std::size_t n = 0;
@@ -263,7 +202,7 @@ TEST_CASE("a socket that cannot be created for one family is that address's fail
         }(report));
         return report;
     };
-    child_result res = run_in_child(setup, body, 20s);
+    test::child_result res = test::run_in_child(setup, body, 20s);
     if (res.setup_failed) {
         MESSAGE("could not install a seccomp filter here: skipped");
         return;

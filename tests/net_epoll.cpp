@@ -83,6 +83,18 @@ struct temp_dir {
     temp_dir& operator=(const temp_dir&) = delete;
 };
 
+/// A blocking TCP client socket connected to 127.0.0.1:port.
+int plain_tcp_client(std::uint16_t port) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a) == 0);
+    return fd;
+}
+
 /// Both ends of a TCP connection on 127.0.0.1 as plain blocking fds (O_CLOEXEC), made without
 /// a loop: one end for ringio, the other for a peer thread.
 std::pair<int, int> tcp_fds() {
@@ -95,9 +107,7 @@ std::pair<int, int> tcp_fds() {
     REQUIRE(::listen(lst, 1) == 0);
     socklen_t len = sizeof a;
     REQUIRE(::getsockname(lst, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-    int c = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    REQUIRE(c >= 0);
-    REQUIRE(::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    int c = plain_tcp_client(ntohs(a.sin_port));
     int s = ::accept4(lst, nullptr, nullptr, SOCK_CLOEXEC);
     REQUIRE(s >= 0);
     ::close(lst);
@@ -505,74 +515,36 @@ TEST_CASE("epoll: timers work when seccomp refuses epoll_pwait2 with EPERM") {
         MESSAGE("skipped: no seccomp filter for this machine");
         return;
     }
-    // In a forked child with the filter; it reports its failures on a pipe.
-    int out[2];
-    REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
-    pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        ::close(out[0]);
-        if (!test::block_syscall(__NR_epoll_pwait2)) ::_exit(3);
+    // In a forked child with the filter; it reports its failures.
+    auto setup = [] { return test::block_syscall(__NR_epoll_pwait2); };
+    auto body = [] {
         std::string report;
-        try {
-            ringio::run([](std::string& failures) -> ringio::task<> {
-                if (ringio::event_loop::current()->backend() != ringio::backend_kind::epoll) failures += "not on epoll; ";
-                auto t0 = std::chrono::steady_clock::now();
-                co_await ringio::sleep(10ms);
-                co_await ringio::sleep(1500us);  // a wait finer than a millisecond
-                bool timed_out = false;
-                try {
-                    co_await ringio::wait_for(ringio::sleep(10s), 20ms);
-                } catch (const ringio::timeout_error&) {
-                    timed_out = true;
-                }
-                if (!timed_out) failures += "wait_for did not time out; ";
-                auto took = std::chrono::steady_clock::now() - t0;
-                if (took < 31ms) failures += "the timers fired early; ";
-                if (took > 5s) failures += "the timers fired late; ";
-            }(report), on_epoll);
-        } catch (const std::exception& e) {
-            report += std::string("exception: ") + e.what();
-        }
-        for (std::size_t off = 0; off < report.size();) {
-            ssize_t n = ::write(out[1], report.data() + off, report.size() - off);
-            if (n <= 0) break;
-            off += static_cast<std::size_t>(n);
-        }
-        ::_exit(report.empty() ? 0 : 1);  // no doctest teardown in the child
-    }
-    ::close(out[1]);
-    std::string report;
-    auto deadline = test::steady::now() + 20s;
-    while (readable_by(out[0], deadline)) {
-        char buf[1024];
-        ssize_t n = ::read(out[0], buf, sizeof buf);
-        if (n <= 0) break;  // EOF: the child has ended
-        report.append(buf, static_cast<std::size_t>(n));
-    }
-    ::close(out[0]);
-    int st = 0;
-    pid_t ended = 0;
-    if (int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); pidfd >= 0) {
-        pollfd p{pidfd, POLLIN, 0};
-        if (::poll(&p, 1, test::remaining_ms(deadline)) > 0) ended = ::waitpid(pid, &st, 0);
-        ::close(pidfd);
-    } else {
-        ended = ::waitpid(pid, &st, 0);  // the pipe's EOF came: it is exiting
-    }
-    if (ended != pid) {
-        ::kill(pid, SIGKILL);
-        ::waitpid(pid, &st, 0);
-        FAIL("the child was killed at the time limit; it said: " << report);
-    }
-    if (WIFEXITED(st) && WEXITSTATUS(st) == 3) {
+        ringio::run([](std::string& failures) -> ringio::task<> {
+            if (ringio::event_loop::current()->backend() != ringio::backend_kind::epoll) failures += "not on epoll; ";
+            auto t0 = std::chrono::steady_clock::now();
+            co_await ringio::sleep(10ms);
+            co_await ringio::sleep(1500us);  // a wait finer than a millisecond
+            bool timed_out = false;
+            try {
+                co_await ringio::wait_for(ringio::sleep(10s), 20ms);
+            } catch (const ringio::timeout_error&) {
+                timed_out = true;
+            }
+            if (!timed_out) failures += "wait_for did not time out; ";
+            auto took = std::chrono::steady_clock::now() - t0;
+            if (took < 31ms) failures += "the timers fired early; ";
+            if (took > 5s) failures += "the timers fired late; ";
+        }(report), on_epoll);
+        return report;
+    };
+    test::child_result res = test::run_in_child(setup, body, 20s);
+    if (res.setup_failed) {
         MESSAGE("skipped: the seccomp filter could not be installed");
         return;
     }
-    CAPTURE(report);
-    CHECK(report.empty());
-    CHECK(WIFEXITED(st));
-    CHECK(WEXITSTATUS(st) == 0);
+    INFO("child: ", res.report);
+    CHECK(res.report.empty());
+    CHECK(test::exited_with(res.status, 0));
 }
 
 // ---- MSG_WAITALL and release() ----
@@ -625,17 +597,6 @@ TEST_CASE("epoll: recv with MSG_WAITALL returns the full buffer and release() ha
 namespace {
 
 /// A blocking TCP client of 127.0.0.1:port (plain calls: small writes never block).
-int plain_tcp_client(std::uint16_t port) {
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    REQUIRE(fd >= 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::connect(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a) == 0);
-    return fd;
-}
-
 void write_all(int fd, std::string_view s) {
     while (!s.empty()) {
         ssize_t n = ::write(fd, s.data(), s.size());
