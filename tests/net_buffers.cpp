@@ -481,6 +481,53 @@ TEST_CASE("an adopted buffer the peer does not read: abort() frees it, close() a
     }());
 }
 
+TEST_CASE("a writer that keeps its adopted-write queue busy for hundreds of buffers: every byte arrives in order") {
+    // The queue never empties (drain() returns above the low water mark, the kernel's buffers
+    // are small, the peer reads in small pieces), so what was sent is dropped from its front
+    // while new buffers join its back.
+    run_bounded([]() -> ringio::task<> {
+        std::string got;
+        ringio::event done;
+        auto srv = co_await ringio::start_server(
+            [&](ringio::stream_reader r, ringio::stream_writer sw) -> ringio::task<> {
+                sw.transport().set_option(SOL_SOCKET, SO_RCVBUF, 16 * 1024);
+                while (true) {
+                    std::string s = co_await r.read(4096);
+                    if (s.empty()) break;
+                    got += s;
+                }
+                done.set();
+            },
+            "127.0.0.1", 0);
+        auto [r, w] = co_await ringio::open_connection("127.0.0.1", srv.port());
+        w.set_write_buffer_limits(512 * 1024, 256 * 1024);
+        w.transport().set_option(SOL_SOCKET, SO_SNDBUF, 32 * 1024);  // the kernel takes little per send
+        std::string expected;
+        std::size_t most_queued = 0;
+        for (std::size_t i = 0; i < 600; ++i) {
+            std::string big = pattern(100 + i, 16 * 1024 + i);  // adopted (at least 16 KiB)
+            expected += big;
+            w.write(std::move(big));
+            if (i % 3 == 0) {  // a small write joins the queue as a copy
+                std::string small = fmt::format("<{}>", i);
+                expected += small;
+                w.write(small);
+            }
+            most_queued = std::max(most_queued, w.buffered());
+            if (i % 8 == 7) co_await w.drain();
+        }
+        w.write_eof();
+        co_await ringio::wait_for(done.wait(), 30s);
+        CHECK(most_queued >= 256 * 1024);  // (the queue did stay busy)
+        CHECK(got.size() == expected.size());
+        CHECK(got == expected);
+        w.close();
+        co_await w.wait_closed();
+        srv.close();
+        co_await srv.wait_closed();
+    }());
+}
+
 TEST_CASE("multishot receive: peers send and close while their readers do not read and the ring is dry; every byte and every EOF arrives") {
     // The multishot receive's hard case (../shared/tools/multishot-eof, -H): a receive that
     // finds the ring dry ends with ENOBUFS, the FIN arrives meanwhile, and only a receive armed
