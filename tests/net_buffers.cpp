@@ -614,6 +614,54 @@ TEST_CASE("multishot receive: readers that lag behind are paused and resumed man
     }(), 60s);
 }
 
+TEST_CASE("a peer that resets with data still queued for a reader: the reader gets the data, then the reset or EOF, never a hang") {
+    // The reset arrives while no receive is armed (the reader has not read yet, or its receive
+    // is paused); the receive armed afterwards must still end once the queued data is read.
+    for (bool read_first : {false, true}) {
+        CAPTURE(read_first);
+        run_bounded([](bool first) -> ringio::task<> {
+            ringio::event aborted;
+            constexpr std::size_t total = 2 * 1024 * 1024;
+            auto srv = co_await ringio::start_server(
+                [&](ringio::stream_reader r, ringio::stream_writer w) -> ringio::task<> {
+                    co_await r.read(1);  // the client's go
+                    w.write(pattern(9, total));
+                    // As much as the client's socket takes; the rest stays here.
+                    try {
+                        co_await ringio::wait_for(w.drain(), 300ms);
+                    } catch (const ringio::timeout_error&) {
+                    }
+                    w.abort();
+                    aborted.set();
+                },
+                "127.0.0.1", 0);
+            auto [r, w] = co_await ringio::open_connection("127.0.0.1", srv.port());
+            std::string got;
+            w.write("g");
+            if (first) got = co_await r.read(1000);  // arms the receive; it pauses as data piles up
+            co_await ringio::wait_for(aborted.wait(), 10s);
+            bool reset = false;
+            try {
+                while (true) {
+                    std::string s = co_await ringio::wait_for(r.read(65536), 10s);
+                    if (s.empty()) break;
+                    got += s;
+                }
+            } catch (const std::system_error& e) {
+                CHECK_MESSAGE(e.code().value() == ECONNRESET, e.what());
+                reset = true;
+            }
+            MESSAGE(fmt::format("{} bytes, then {}", got.size(), reset ? "the reset" : "EOF"));
+            CHECK(got.size() > 64 * 1024);
+            CHECK(got == pattern(9, total).substr(0, got.size()));
+            w.close();
+            co_await w.wait_closed();
+            srv.close();
+            co_await srv.wait_closed();
+        }(read_first));
+    }
+}
+
 TEST_CASE("a read served from the stream's own buffer leaves no shared buffer taken while its caller runs") {
     // Several buffers may arrive in one batch of completions for a reader that was woken by the
     // first: some go to the stream's buffer, the last stay in ring buffers. A read that serves
