@@ -235,7 +235,56 @@ task<T> stream_reader::timed(task<T> t) {
     return t;
 }
 
-task<std::string> stream_reader::read(std::size_t n) { return timed(do_read(s_, n)); }
+stream_reader::read_op stream_reader::read(std::size_t n) {
+    // The frameless path is the shared buffers' one without a deadline; anything else (no
+    // stream, no ring, a read timeout) is the coroutine's.
+    if (s_ && s_->has_buffer_ring() && s_->read_timeout == detail::stream_state::no_timeout) return read_op(s_, n, {});
+    return read_op(s_, n, timed(do_read(s_, n)));
+}
+
+stream_reader::read_op::~read_op() {
+    if (step_ != step::fresh) s_->end_read();  // (awaited, and its frame destroyed before it resumed)
+}
+
+bool stream_reader::read_op::await_ready() {
+    if (slow_.valid()) return false;
+    s_->begin_read();  // throws if another task is reading
+    if (n_ == 0) {
+        step_ = step::nothing;
+        return true;
+    }
+    if (!s_->rbuf.empty()) {
+        step_ = step::buffered;
+        return true;
+    }
+    step_ = step::waiting;
+    return s_->arrived(0, false).await_ready();
+}
+
+std::coroutine_handle<> stream_reader::read_op::await_suspend(std::coroutine_handle<> h) {
+    if (slow_.valid()) return std::move(slow_).operator co_await().await_suspend(h);
+    auto a = s_->arrived(0, false);
+    return a.await_suspend(h) ? std::noop_coroutine() : h;  // (false: cancelled before it waited)
+}
+
+std::string stream_reader::read_op::await_resume() {
+    if (slow_.valid()) return std::move(slow_).operator co_await().await_resume();
+    struct done {
+        read_op* op;
+        ~done() {
+            op->s_->end_read();
+            op->step_ = step::fresh;
+        }
+    } end{this};
+    switch (step_) {
+    case step::nothing:
+        return std::string();
+    case step::buffered:
+        return s_->take(n_);  // (what waits in ring buffers goes behind rbuf first)
+    default:
+        return s_->arrived(0, false).await_resume() ? s_->take(n_) : std::string();
+    }
+}
 task<std::string> stream_reader::read() { return read_all(); }
 task<std::string> stream_reader::read_all(std::size_t max_size) { return timed(do_read_all(s_, max_size)); }
 task<std::size_t> stream_reader::read_some(std::span<std::byte> buf) { return timed(do_read_some(s_, buf)); }

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <chrono>
+#include <coroutine>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -72,8 +73,12 @@ public:
     stream_reader& operator=(stream_reader&& o) noexcept;
     ~stream_reader();
 
-    /// Up to n bytes (at least 1), or "" at EOF.
-    task<std::string> read(std::size_t n);
+    class read_op;
+    /// Up to n bytes (at least 1), or "" at EOF. Awaitable (`co_await reader.read(n)`), and
+    /// accepted where a task is (wait_for, create_task, as_task()); with the shared receive
+    /// buffers and no read timeout it is not a coroutine, so a connection waiting in read()
+    /// holds no frame of its own.
+    read_op read(std::size_t n);
     /// Everything until EOF (asyncio's read() with no size, or -1): read_all() without a limit.
     task<std::string> read();
     /// Everything until EOF, at most max_size bytes: past that, limit_overrun_error, and what
@@ -109,6 +114,36 @@ private:
     template <class T>
     task<T> timed(task<T> t);
     detail::stream_state* s_ = nullptr;
+};
+
+/// What read(n) returns: awaited once, in the caller's frame. Either the read itself, waiting on
+/// the stream's own suspension (the shared receive buffers' path), or a task doing it (a read
+/// timeout, or a stream without the shared buffers). Cancel safety as every read's.
+class [[nodiscard]] stream_reader::read_op {
+public:
+    read_op(read_op&& o) noexcept
+        : s_(std::exchange(o.s_, nullptr)), n_(o.n_), slow_(std::move(o.slow_)), step_(std::exchange(o.step_, step::fresh)) {}
+    read_op& operator=(read_op&&) = delete;
+    ~read_op();
+
+    bool await_ready();
+    std::coroutine_handle<> await_suspend(std::coroutine_handle<> h);
+    std::string await_resume();
+
+    /// The read as a task of its own (what create_task takes).
+    task<std::string> as_task() && { return run(std::move(*this)); }
+
+private:
+    friend class stream_reader;
+    read_op(detail::stream_state* s, std::size_t n, task<std::string> slow) noexcept : s_(s), n_(n), slow_(std::move(slow)) {}
+
+    static task<std::string> run(read_op op) { co_return co_await op; }
+
+    enum class step : std::uint8_t { fresh, buffered, waiting, nothing };  // (after await_ready)
+    detail::stream_state* s_;
+    std::size_t n_;
+    task<std::string> slow_;  // valid: the read is this task
+    step step_ = step::fresh;
 };
 
 /// The writing half. Move-only. write() only buffers (and starts sending in the background);

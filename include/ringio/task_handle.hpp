@@ -139,5 +139,11 @@ task_handle<T> create_task(task<T> t) {
     auto h = t.release();
     return task_handle<T>(loop.start_task(h, &h.promise()));  // adopts the caller's reference
 }
+/// An operation that is not a coroutine itself (reader.read(n)) runs as a task of its own.
+template <class Op>
+    requires requires(Op op) { std::move(op).as_task(); }
+auto create_task(Op op) {
+    return create_task(std::move(op).as_task());
+}
 
 }  // namespace ringio
