@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <ringio/detail/buffer_ring.hpp>
+#include <ringio/detail/frame_cache.hpp>
 #include <ringio/ringio.hpp>
 
 #include <fmt/format.h>
@@ -104,12 +105,13 @@ TEST_CASE("without a shared buffer ring (stream_buffers = 0) streams receive int
     }(), 60s, options);
 }
 
-TEST_CASE("idle connections hold no receive buffer") {
+TEST_CASE("idle connections hold no receive buffer, and a server's read() waiting on one is no coroutine frame") {
     run_bounded([]() -> ringio::task<> {
         auto& ring = ringio::detail::loop_core::running().stream_buffers();
         if (!ring) co_return;
         auto srv = co_await ringio::start_server(echo_read, "127.0.0.1", 0);
         std::vector<std::pair<ringio::stream_reader, ringio::stream_writer>> conns;
+        const std::size_t frames_before = ringio::detail::live_frames();
         for (int i = 0; i < 100; ++i) {
             conns.push_back(co_await ringio::open_connection("127.0.0.1", srv.port()));
             conns.back().second.write("ping\n");
@@ -117,6 +119,9 @@ TEST_CASE("idle connections hold no receive buffer") {
         }
         // Every connection's receive is armed on both sides, and no buffer is held.
         CHECK(ring->in_use() == 0);
+        // Each idle server connection keeps its Task and its handler's frame, waiting in
+        // read(n): the read itself is an awaiter in that frame (a coroutine would be a third).
+        CHECK(ringio::detail::live_frames() - frames_before <= 2 * 100 + 5);  // (+ the server's own)
         CHECK(srv.connections() == 100);
         for (auto& [r, w] : conns) w.close();
         srv.close();
