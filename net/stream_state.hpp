@@ -308,7 +308,7 @@ private:
     void sent_from_queue(std::size_t n) noexcept;
 
     suspension* drainer_ = nullptr;  // the task waiting in drain()
-    event closed_event_;
+    std::unique_ptr<event> closed_event_;  // made by the first wait_closed() before the close
 
     // The peer's address, recorded at creation. An IP address (or an unnamed Unix peer) fits
     // here; a named Unix peer goes to the heap. A whole endpoint would be 144 bytes in every
