@@ -47,6 +47,16 @@ static size_t fill(int fd, const char* chunk, size_t size) {
     }
 }
 
+// Counts a receive's bytes and gives its buffer back to the ring at once.
+static size_t take(struct io_uring_buf_ring* br, char* mem, const struct io_uring_cqe* cqe) {
+    if (cqe->flags & IORING_CQE_F_BUFFER) {
+        unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+        io_uring_buf_ring_add(br, mem + (size_t)bid * bufsize, bufsize, (unsigned short)bid, io_uring_buf_ring_mask(nbufs), 0);
+        io_uring_buf_ring_advance(br, 1);
+    }
+    return cqe->res > 0 ? (size_t)cqe->res : 0;
+}
+
 int main(void) {
     struct io_uring ring;
     struct io_uring_params p = {.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN};
@@ -84,12 +94,7 @@ int main(void) {
             struct __kernel_timespec ts = {.tv_sec = 1};
             if (io_uring_wait_cqe_timeout(&ring, &cqe, &ts)) break;
             if (cqe->user_data == 1) {
-                if (cqe->res > 0) got += (size_t)cqe->res;
-                if (cqe->flags & IORING_CQE_F_BUFFER) {
-                    unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-                    io_uring_buf_ring_add(br, mem + (size_t)bid * bufsize, bufsize, (unsigned short)bid, io_uring_buf_ring_mask(nbufs), 0);
-                    io_uring_buf_ring_advance(br, 1);
-                }
+                got += take(br, mem, cqe);
                 if (!(cqe->flags & IORING_CQE_F_MORE)) ended = 1;
                 if (!cancelled && got > 64 * 1024) {
                     cancelled = 1;
@@ -120,12 +125,7 @@ int main(void) {
             struct __kernel_timespec ts = {.tv_sec = 5};
             if (io_uring_wait_cqe_timeout(&ring, &cqe, &ts)) break;
             if (cqe->user_data == 3) {
-                if (cqe->res > 0) got += (size_t)cqe->res;
-                if (cqe->flags & IORING_CQE_F_BUFFER) {
-                    unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-                    io_uring_buf_ring_add(br, mem + (size_t)bid * bufsize, bufsize, (unsigned short)bid, io_uring_buf_ring_mask(nbufs), 0);
-                    io_uring_buf_ring_advance(br, 1);
-                }
+                got += take(br, mem, cqe);
                 if (!(cqe->flags & IORING_CQE_F_MORE)) final_res = cqe->res;
             }
             io_uring_cqe_seen(&ring, cqe);
