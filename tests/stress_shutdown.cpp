@@ -1,5 +1,5 @@
 // Shutdown under load: examples/echo_server as a child process with 1,000 connections that are
-// mid-transfer (each client sends continuously and reads the echo back), then SIGTERM. The
+// mid-transfer (each client sends continuously, at most 64 KiB ahead of the echo it read back), then SIGTERM. The
 // process must exit with status 0 within a second, and every client must see the end of its
 // connection, a clean EOF or a reset, never a hang: every client read is bounded (5 s) and one
 // that times out fails the test.
@@ -40,14 +40,33 @@ struct shutdown_state {
 
 constexpr std::size_t n_clients = 1000;
 
-ringio::task<> send_forever(ringio::stream_writer& w, std::uint64_t id) {
+// What a client may have sent and not yet read back. Without a bound, 1,000 clients that send
+// as fast as they can fill both directions' socket buffers (autotuned to megabytes each) and drive
+// the kernel's TCP memory to its global limit (tcp_mem): it then drops segments (TcpExtTCPRcvQDrop,
+// TCPMemoryPressures in nstat), and a connection waiting for a retransmission after several
+// backoffs stays silent for more than the clients' 5 s bound, which the test would count as a
+// hang of the server's. 64 KiB each keeps every connection busy both ways, in 64 MiB in all.
+constexpr std::uint64_t window = 64 * 1024;
+
+struct flow {
+    std::uint64_t sent = 0;
+    std::uint64_t got = 0;
+    bool stop = false;
+    ringio::event room;  // set when the reader took bytes back (or the client stops)
+};
+
+ringio::task<> send_forever(ringio::stream_writer& w, flow& f, std::uint64_t id) {
     std::vector<unsigned char> buf(4096);
-    std::uint64_t off = 0;
     try {
-        while (true) {
-            stress::fill_pattern(id, off, buf.data(), buf.size());
+        while (!f.stop) {
+            if (f.sent - f.got + buf.size() > window) {
+                f.room.clear();
+                co_await f.room.wait();
+                continue;
+            }
+            stress::fill_pattern(id, f.sent, buf.data(), buf.size());
             w.write(std::as_bytes(std::span(buf)));
-            off += buf.size();
+            f.sent += buf.size();
             co_await w.drain();
         }
     } catch (const std::system_error&) {
@@ -58,9 +77,9 @@ ringio::task<> send_forever(ringio::stream_writer& w, std::uint64_t id) {
 }
 
 ringio::task<> client(shutdown_state& st, std::pair<ringio::stream_reader, ringio::stream_writer> conn, std::uint64_t id) {
-    auto sender = ringio::create_task(send_forever(conn.second, id));
+    flow f;
+    auto sender = ringio::create_task(send_forever(conn.second, f, id));
     std::vector<std::byte> in(8192);
-    std::uint64_t got = 0;
     try {
         while (true) {
             std::size_t n = co_await ringio::wait_for(conn.first.read_some(in), 5s);
@@ -68,9 +87,10 @@ ringio::task<> client(shutdown_state& st, std::pair<ringio::stream_reader, ringi
                 ++st.eofs;
                 break;
             }
-            if (got == 0) ++st.flowing;
-            if (stress::check_pattern(id, got, reinterpret_cast<const unsigned char*>(in.data()), n) != n) ++st.corrupt;
-            got += n;
+            if (f.got == 0) ++st.flowing;
+            if (stress::check_pattern(id, f.got, reinterpret_cast<const unsigned char*>(in.data()), n) != n) ++st.corrupt;
+            f.got += n;
+            f.room.set();
         }
     } catch (const ringio::timeout_error&) {
         ++st.hangs;
@@ -83,6 +103,8 @@ ringio::task<> client(shutdown_state& st, std::pair<ringio::stream_reader, ringi
         }
     }
     // Stop sending: a reset connection fails the sender by itself; otherwise abort it.
+    f.stop = true;
+    f.room.set();
     conn.second.abort();
     co_await sender;
     ++st.ended;
