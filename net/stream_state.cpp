@@ -15,36 +15,6 @@ namespace detail {
 
 stream_state::stream_state(socket s, std::size_t lim) : sock(std::move(s)), limit(lim), loop_(&loop_core::running()) {
     if (limit == 0) throw std::invalid_argument("ringio: stream limit must be positive");
-    static constexpr io_ops send_ops{
-        [](io_request* r, io_uring_sqe* sqe) noexcept {
-            stream_state* st = of(static_cast<stream_send_request*>(r));
-            int fd = st->sock.fd();
-            // TRICKY: filled at submit time, so every write() of this pass goes out in one send.
-            if (st->send_off_ == st->sending_.size()) {
-                st->sending_.clear();
-                st->send_off_ = 0;
-                std::swap(st->sending_, st->pending_);  // (pending_ is empty while adopted_ is set)
-            }
-            if (st->aborted_) {
-                st->kind_ = send_kind::nop;
-                io_uring_prep_nop(sqe);
-            } else if (!st->sending_.empty()) {
-                st->kind_ = send_kind::send;
-                io_uring_prep_send(sqe, fd, st->sending_.data() + st->send_off_,
-                                   io_length(st->sending_.size() - st->send_off_), MSG_NOSIGNAL);
-            } else if (st->adopted_ && st->adopted_->head < st->adopted_->items.size()) {
-                st->kind_ = send_kind::sendmsg;
-                st->prep_sendmsg(fd, sqe);
-            } else if (st->fin_ == fin::requested) {
-                st->kind_ = send_kind::shutdown;
-                io_uring_prep_shutdown(sqe, fd, SHUT_WR);
-            } else {
-                st->kind_ = send_kind::nop;
-                io_uring_prep_nop(sqe);
-            }
-        },
-        [](io_request* r, int res, std::uint32_t) noexcept { of(static_cast<stream_send_request*>(r))->on_sent(res); }};
-    send_req().ops = &send_ops;
     // Receiving into the loop's shared buffers (registered with the ring, or in userspace on
     // the epoll backend): an idle connection holds none. Without them (stream_buffers = 0, old
     // kernels) one receive per read, into rbuf or the caller's memory.
@@ -89,6 +59,7 @@ stream_state::stream_state(socket s, std::size_t lim) : sock(std::move(s)), limi
 }
 
 stream_state::~stream_state() {
+    free_write_side();
     if (bufs_) {
         buffer_ring::cancel_wait(&buffers_back());
         for (; chunk_count_ > 0; --chunk_count_, chunk_head_ = (chunk_head_ + 1) % max_chunks)
@@ -146,8 +117,12 @@ void stream_state::close() {
 void stream_state::abort() {
     if (phase_ == phase::closed) return;
     aborted_ = true;
-    pending_.clear();
-    if (!send_queued_) adopted_.reset();  // (else the kernel may hold its buffers: on_sent drops them)
+    if (ws_) {
+        ws_->pending.clear();
+        // (With a send in flight the kernel may hold the buffers: on_sent drops them.)
+        if (!send_queued_) ws_->adopted.reset();
+        drop_write_side();
+    }
     if (sock.valid()) {
         try {
             sock.set_linger(std::chrono::seconds(0));  // close() then sends RST
@@ -217,7 +192,7 @@ std::pair<stream_reader, stream_writer> make_streams(socket connected, stream_op
 
 }  // namespace ringio
 
-// Every connection keeps one for its whole life (bench/README.md, idle memory): 376 bytes, 384
+// Every connection keeps one for its whole life (bench/README.md, idle memory): 280 bytes, 288
 // with malloc's header. The reader's suspension and the explicit phases cost nothing over the
-// flags they replaced.
-static_assert(sizeof(void*) != 8 || sizeof(ringio::detail::stream_state) <= 376, "stream_state grew past 376 bytes");
+// flags they replaced; the write side (112 bytes) exists only while something is being written.
+static_assert(sizeof(void*) != 8 || sizeof(ringio::detail::stream_state) <= 280, "stream_state grew past 280 bytes");

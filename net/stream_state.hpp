@@ -106,15 +106,15 @@ private:
     std::size_t end_ = 0;
 };
 
-// The receive, send and buffer-wait requests and the reader's wait are bases rather than
-// members, so a completion finds its stream with a static_cast instead of a back pointer in
-// each (every connection pays for every byte; see the layout note below).
+// The receive and buffer-wait requests and the reader's wait are bases rather than members, so
+// a completion finds its stream with a static_cast instead of a back pointer in each (every
+// connection pays for every byte; see the layout note below). The send request lives in the
+// write side, made only while something is being written.
 struct stream_recv_request : io_request {};
-struct stream_send_request : io_request {};
 struct stream_buffers_back : buffer_waiter {};
 struct stream_reader_wait : suspension {};
 
-class stream_state : stream_recv_request, stream_send_request, stream_buffers_back, stream_reader_wait {
+class stream_state : stream_recv_request, stream_buffers_back, stream_reader_wait {
     enum class send_kind : std::uint8_t { send, sendmsg, shutdown, nop };
     /// write_eof()'s progress: FIN not asked for, asked for (after the buffered data), sent.
     enum class fin : std::uint8_t { none, requested, sent };
@@ -192,7 +192,8 @@ public:
     void abort();
     task<> wait_closed();
     [[nodiscard]] std::size_t write_buffered() const noexcept {
-        return pending_.size() + sending_.size() - send_off_ + (adopted_ ? adopted_->bytes : 0);
+        if (!ws_) return 0;
+        return ws_->pending.size() + ws_->sending.size() - ws_->send_off + (ws_->adopted ? ws_->adopted->bytes : 0);
     }
 
     // ---- the stream's life ----
@@ -225,11 +226,9 @@ private:
     };
     static constexpr unsigned max_chunks = 2;  // more arriving before the reader runs go to rbuf
     io_request& recv_req() noexcept { return static_cast<stream_recv_request&>(*this); }
-    io_request& send_req() noexcept { return static_cast<stream_send_request&>(*this); }
     buffer_waiter& buffers_back() noexcept { return static_cast<stream_buffers_back&>(*this); }
     suspension& reader_wait() noexcept { return static_cast<stream_reader_wait&>(*this); }
     static stream_state* of(stream_recv_request* r) noexcept { return static_cast<stream_state*>(r); }
-    static stream_state* of(stream_send_request* r) noexcept { return static_cast<stream_state*>(r); }
     static stream_state* of(stream_buffers_back* w) noexcept { return static_cast<stream_state*>(w); }
     static stream_state* of(suspension* w) noexcept {
         return static_cast<stream_state*>(static_cast<stream_reader_wait*>(w));
@@ -277,10 +276,6 @@ private:
     int write_errno_ = 0;  // a send failed: every later write()/drain() throws it
     loop_core* loop_;
 
-    std::vector<std::byte> sending_;  // owned by the kernel while a send is in flight
-    std::vector<std::byte> pending_;  // appended to by write()
-    std::size_t send_off_ = 0;
-
     // Writes that gave the stream their buffer (write(std::string&&) and friends) and every
     // write behind one, in order; sent with sendmsg, several buffers at once. Null while none
     // is queued: the common case copies into pending_ and sends it with one send per pass.
@@ -301,13 +296,30 @@ private:
         msghdr msg{};
         std::array<iovec, max_iov> iov{};
     };
-    std::unique_ptr<out_queue> adopted_;
+    // What only a stream with something to send needs: made at its first write (from the
+    // thread's frame cache, so a busy connection's make and give-back are two pointer moves),
+    // given back once everything written has gone, nothing is in flight and nobody drains. An
+    // idle connection carries one pointer for it instead of 104 bytes (bench/README.md).
+    struct write_side : io_request {
+        stream_state* owner;
+        std::vector<std::byte> sending;  // owned by the kernel while a send is in flight
+        std::vector<std::byte> pending;  // appended to by write()
+        std::size_t send_off = 0;
+        // Writes that gave the stream their buffer and every write behind one (see out_queue).
+        std::unique_ptr<out_queue> adopted;
+        suspension* drainer = nullptr;  // the task waiting in drain()
+        explicit write_side(stream_state* o) noexcept : owner(o) {}
+    };
+    write_side* ws_ = nullptr;
+    write_side& out();                // ws_, made if there is none (std::bad_alloc)
+    void drop_write_side() noexcept;  // gives ws_ back if it holds nothing and nothing is in flight
+    void free_write_side() noexcept;  // gives ws_ back, whatever it holds
+    static void prep_send(io_request* r, io_uring_sqe* sqe) noexcept;
     void check_writable() const;  // throws what a write() now would
     void queue_copy(std::span<const std::byte> data);
     void prep_sendmsg(int fd, io_uring_sqe* sqe) noexcept;
     void sent_from_queue(std::size_t n) noexcept;
 
-    suspension* drainer_ = nullptr;  // the task waiting in drain()
     std::unique_ptr<event> closed_event_;  // made by the first wait_closed() before the close
 
     // The peer's address, recorded at creation. An IP address (or an unnamed Unix peer) fits

@@ -6,9 +6,11 @@
 #include <cerrno>
 #include <cstring>
 #include <limits>
+#include <new>
 
 #include <fmt/format.h>
 
+#include "ringio/detail/frame_cache.hpp"
 #include "ringio/errors.hpp"
 #include "stream_state.hpp"
 
@@ -78,12 +80,70 @@ thread_local write_buffer_pool spare_write_buffers;
 
 std::size_t spare_write_buffer_bytes() noexcept { return spare_write_buffers.bytes(); }
 
+stream_state::write_side& stream_state::out() {
+    if (!ws_) {
+        // The send request: one background send per stream, filled at submit time.
+        static constexpr io_ops send_ops{
+            [](io_request* r, io_uring_sqe* sqe) noexcept { prep_send(r, sqe); },
+            [](io_request* r, int res, std::uint32_t) noexcept { static_cast<write_side*>(r)->owner->on_sent(res); }};
+        ws_ = new (frame_alloc(sizeof(write_side))) write_side(this);
+        ws_->ops = &send_ops;
+    }
+    return *ws_;
+}
+
+void stream_state::drop_write_side() noexcept {
+    write_side* w = ws_;
+    if (!w || send_queued_ || w->drainer || w->adopted || !w->pending.empty() || w->send_off < w->sending.size()) return;
+    free_write_side();
+}
+
+void stream_state::free_write_side() noexcept {
+    write_side* w = std::exchange(ws_, nullptr);
+    if (!w) return;
+    // The buffers go to the thread's spare ones (an idle connection keeps no write buffer), the
+    // write side to the frame cache.
+    spare_write_buffers.put(w->sending);
+    spare_write_buffers.put(w->pending);
+    w->~write_side();
+    frame_free(w, sizeof(write_side));
+}
+
+void stream_state::prep_send(io_request* r, io_uring_sqe* sqe) noexcept {
+    write_side& w = *static_cast<write_side*>(r);
+    stream_state* st = w.owner;
+    int fd = st->sock.fd();
+    // TRICKY: filled at submit time, so every write() of this pass goes out in one send.
+    if (w.send_off == w.sending.size()) {
+        w.sending.clear();
+        w.send_off = 0;
+        std::swap(w.sending, w.pending);  // (pending is empty while adopted is set)
+    }
+    if (st->aborted_) {
+        st->kind_ = send_kind::nop;
+        io_uring_prep_nop(sqe);
+    } else if (!w.sending.empty()) {
+        st->kind_ = send_kind::send;
+        io_uring_prep_send(sqe, fd, w.sending.data() + w.send_off, io_length(w.sending.size() - w.send_off), MSG_NOSIGNAL);
+    } else if (w.adopted && w.adopted->head < w.adopted->items.size()) {
+        st->kind_ = send_kind::sendmsg;
+        st->prep_sendmsg(fd, sqe);
+    } else if (st->fin_ == fin::requested) {
+        st->kind_ = send_kind::shutdown;
+        io_uring_prep_shutdown(sqe, fd, SHUT_WR);
+    } else {
+        st->kind_ = send_kind::nop;
+        io_uring_prep_nop(sqe);
+    }
+}
+
 void stream_state::queue_send() {
+    write_side& w = out();  // (first: may throw, with nothing changed)
     if (send_queued_) return;
     send_queued_ = true;
     add_ref();
     sock.state_ptr()->begin();
-    loop_->submit_later(&send_req());
+    loop_->submit_later(&w);
 }
 
 void stream_state::check_writable() const {
@@ -95,11 +155,17 @@ void stream_state::check_writable() const {
 void stream_state::write(std::span<const std::byte> data) {
     check_writable();
     if (data.empty()) return;
-    if (adopted_) {
-        queue_copy(data);
-    } else {
-        spare_write_buffers.get(pending_);
-        pending_.insert(pending_.end(), data.begin(), data.end());
+    write_side& w = out();
+    try {
+        if (w.adopted) {
+            queue_copy(data);
+        } else {
+            spare_write_buffers.get(w.pending);
+            w.pending.insert(w.pending.end(), data.begin(), data.end());
+        }
+    } catch (...) {
+        drop_write_side();  // (made for this write, and holding nothing)
+        throw;
     }
     queue_send();
 }
@@ -113,23 +179,29 @@ void stream_state::write_owned(std::variant<std::vector<std::byte>, std::string>
         return;
     }
     check_writable();
-    if (!adopted_) {
-        auto q = std::make_unique<out_queue>();
-        q->items.reserve(4);
-        if (!pending_.empty()) {  // written before: goes first
-            q->items.push_back(out_queue::item{std::move(pending_), 0, true});
-            q->bytes = std::get<0>(q->items.back().owner).size();
-            pending_ = std::vector<std::byte>();
+    write_side& w = out();
+    try {
+        if (!w.adopted) {
+            auto q = std::make_unique<out_queue>();
+            q->items.reserve(4);
+            if (!w.pending.empty()) {  // written before: goes first
+                q->items.push_back(out_queue::item{std::move(w.pending), 0, true});
+                q->bytes = std::get<0>(q->items.back().owner).size();
+                w.pending = std::vector<std::byte>();
+            }
+            w.adopted = std::move(q);
         }
-        adopted_ = std::move(q);
+        w.adopted->items.push_back(std::move(it));
+    } catch (...) {
+        drop_write_side();
+        throw;
     }
-    adopted_->items.push_back(std::move(it));
-    adopted_->bytes += bytes.size();
+    w.adopted->bytes += bytes.size();
     queue_send();
 }
 
 void stream_state::queue_copy(std::span<const std::byte> data) {
-    out_queue& q = *adopted_;
+    out_queue& q = *ws_->adopted;
     // Appended to the last buffer of copies unless the kernel has it (in the send in flight).
     if (q.items.size() > q.head + q.in_flight && q.items.back().copied) {
         auto& v = std::get<0>(q.items.back().owner);
@@ -144,7 +216,7 @@ void stream_state::queue_copy(std::span<const std::byte> data) {
 }
 
 void stream_state::prep_sendmsg(int fd, io_uring_sqe* sqe) noexcept {
-    out_queue& q = *adopted_;
+    out_queue& q = *ws_->adopted;
     // As many buffers as fit in one sendmsg, at most 1 GiB in all (as every send).
     std::size_t n = 0;
     std::size_t total = 0;
@@ -162,7 +234,7 @@ void stream_state::prep_sendmsg(int fd, io_uring_sqe* sqe) noexcept {
 }
 
 void stream_state::sent_from_queue(std::size_t n) noexcept {
-    out_queue& q = *adopted_;
+    out_queue& q = *ws_->adopted;
     q.in_flight = 0;
     q.bytes -= n;
     while (n > 0 && q.head < q.items.size()) {
@@ -177,7 +249,7 @@ void stream_state::sent_from_queue(std::size_t n) noexcept {
         ++q.head;
     }
     if (q.head == q.items.size()) {
-        adopted_.reset();  // all sent: back to plain writes
+        ws_->adopted.reset();  // all sent: back to plain writes
     } else if (q.head >= 32 && 2 * q.head >= q.items.size()) {
         // A stream that always has something queued never empties the queue: drop what was
         // sent. (No send is in flight here, and moving an item moves no bytes of its buffer.)
@@ -187,6 +259,7 @@ void stream_state::sent_from_queue(std::size_t n) noexcept {
 }
 
 void stream_state::on_sent(int res) noexcept {
+    write_side& w = *ws_;  // (it stays while send_queued_)
     send_queued_ = false;
     if (res < 0) {
         if (kind_ == send_kind::shutdown) {
@@ -198,55 +271,49 @@ void stream_state::on_sent(int res) noexcept {
         // A send of a non-empty buffer that took nothing would be asked again forever.
         if (res == 0 && write_errno_ == 0) write_errno_ = EIO;
         if (kind_ == send_kind::send)
-            send_off_ += static_cast<std::size_t>(res);
+            w.send_off += static_cast<std::size_t>(res);
         else
             sent_from_queue(static_cast<std::size_t>(res));
     } else if (kind_ == send_kind::shutdown) {
         fin_ = fin::sent;
     }
-    if (adopted_) adopted_->in_flight = 0;  // (a failed or cancelled sendmsg)
+    if (w.adopted) w.adopted->in_flight = 0;  // (a failed or cancelled sendmsg)
     if (write_errno_ != 0 || aborted_) {  // nothing more will be sent: drop the data
-        pending_.clear();
-        sending_.clear();
-        send_off_ = 0;
-        adopted_.reset();
+        w.pending.clear();
+        w.sending.clear();
+        w.send_off = 0;
+        w.adopted.reset();
     }
-    if (send_off_ == sending_.size()) {
-        sending_.clear();
-        send_off_ = 0;
-        if (pending_.empty()) {
-            // Everything written has gone: an idle connection keeps no write buffer (one large
-            // response would otherwise stay allocated for the connection's life).
-            spare_write_buffers.put(sending_);
-            spare_write_buffers.put(pending_);
-        } else if (sending_.capacity() > keep_capacity) {
-            sending_.shrink_to_fit();
-        }
+    if (w.send_off == w.sending.size()) {
+        w.sending.clear();
+        w.send_off = 0;
+        if (!w.pending.empty() && w.sending.capacity() > keep_capacity) w.sending.shrink_to_fit();
     }
     bool more = write_errno_ == 0 && !aborted_ &&
-                (send_off_ < sending_.size() || !pending_.empty() || adopted_ || fin_ == fin::requested);
+                (w.send_off < w.sending.size() || !w.pending.empty() || w.adopted || fin_ == fin::requested);
     socket_state* ss = sock.state_ptr();
     if (more) {
         send_queued_ = true;  // keeps the reference and the in-flight count
-        loop_->submit_later(&send_req());
+        loop_->submit_later(&w);
         wake_drainer();
         return;
     }
     wake_drainer();
+    drop_write_side();                  // everything written has gone
     ss->end();                          // may run the idle hook, which may finish a close
     maybe_finish_close();               // if closing: the flush is done
     release();                          // queue_send()'s reference; may free this
 }
 
 void stream_state::wake_drainer() noexcept {
-    if (drainer_ && (write_buffered() <= low || write_errno_ != 0 || phase_ == phase::closed))
-        std::exchange(drainer_, nullptr)->wake();
+    if (ws_ && ws_->drainer && (write_buffered() <= low || write_errno_ != 0 || phase_ == phase::closed))
+        std::exchange(ws_->drainer, nullptr)->wake();
 }
 
 task<> stream_state::drain() {
     if (write_errno_ != 0) throw make_system_error(write_errno_, fmt::format("ringio: drain to {}", peer()));
     if (write_buffered() <= high || phase_ == phase::closed) co_return;
-    if (drainer_) throw invalid_state_error("ringio: another task is already draining this stream");
+    if (ws_->drainer) throw invalid_state_error("ringio: another task is already draining this stream");
     // An interrupt point: a cancelled drain leaves at once; the data stays buffered and is sent.
     struct awaiter : suspension {
         stream_state* st;
@@ -254,11 +321,12 @@ task<> stream_state::drain() {
         bool await_ready() const noexcept { return false; }
         bool await_suspend(std::coroutine_handle<> h) {
             if (!begin(h)) return false;
-            st->drainer_ = this;
+            st->ws_->drainer = this;  // (something is buffered: the write side is there)
             arm([](suspension* sp) noexcept {
                 auto* a = static_cast<awaiter*>(sp);
-                a->st->drainer_ = nullptr;
+                a->st->ws_->drainer = nullptr;
                 a->wake(true);
+                a->st->drop_write_side();  // (if everything went meanwhile)
             });
             return true;
         }

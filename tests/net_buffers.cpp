@@ -105,7 +105,7 @@ TEST_CASE("without a shared buffer ring (stream_buffers = 0) streams receive int
     }(), 60s, options);
 }
 
-TEST_CASE("idle connections hold no receive buffer, and a server's read() waiting on one is no coroutine frame") {
+TEST_CASE("idle connections hold no receive buffer and no write side, and a server's read() waiting on one is no coroutine frame") {
     run_bounded([]() -> ringio::task<> {
         auto& ring = ringio::detail::loop_core::running().stream_buffers();
         if (!ring) co_return;
@@ -121,6 +121,7 @@ TEST_CASE("idle connections hold no receive buffer, and a server's read() waitin
         CHECK(ring->in_use() == 0);
         // Each idle server connection keeps its Task and its handler's frame, waiting in
         // read(n): the read itself is an awaiter in that frame (a coroutine would be a third).
+        // Neither side keeps a write side (from the frame cache) once its writes have gone.
         CHECK(ringio::detail::live_frames() - frames_before <= 2 * 100 + 5);  // (+ the server's own)
         CHECK(srv.connections() == 100);
         for (auto& [r, w] : conns) w.close();
