@@ -100,7 +100,7 @@ void stream_state::on_recv(int res, std::uint32_t flags) noexcept {
     if (res == 0)
         eof_received_ = true;
     else if (res < 0 && res != -ENOBUFS && res != -ECANCELED && res != -EINTR && recv_error_ == 0)
-        recv_error_ = -res;
+        recv_error_ = static_cast<std::uint16_t>(-res);
     // Nobody to hand the buffer to (no read in progress, or the receive was armed when a buffer
     // came back): it goes back now. A reader woken and not yet run takes it itself.
     suspension::state reader = static_cast<stream_reader_wait&>(*this).current_state();
@@ -228,6 +228,8 @@ task<bool> stream_state::fill(std::size_t hint) {
     // receives straight into rbuf, as without it; smaller ones wait for ring buffers, so that a
     // waiting reader holds no memory.
     if (has_buffer_ring() && !direct_fits(hint)) co_return co_await arrived(rbuf.size(), true);
+    // Without the ring the receive needs memory while it waits; not more than a large one's.
+    rbuf.release_if_empty(max_chunk);
     std::span<std::byte> room = rbuf.prepare(std::clamp(hint, min_chunk, max_chunk));
     std::size_t n = co_await recv_direct(room);
     rbuf.commit(n);

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <optional>
 #include <memory>
+#include <new>
 #include <netinet/in.h>
 #include <string>
 #include <sys/socket.h>
@@ -31,12 +32,19 @@ inline constexpr std::size_t pause_mark = 64 * 1024;
 // A write that hands over its buffer keeps it (no copy) from this size on; smaller ones are copied.
 inline constexpr std::size_t adopt_min = 16 * 1024;
 
-/// A byte buffer consumed from the front and filled at the back; compacts before growing.
+/// A byte buffer consumed from the front and filled at the back; compacts before growing. One
+/// pointer in the stream state (every connection has one): the offsets live in the block with
+/// the bytes, and a stream gives the block back when its reader waits with nothing buffered.
 class byte_buffer {
 public:
-    [[nodiscard]] std::size_t size() const noexcept { return end_ - begin_; }
-    [[nodiscard]] bool empty() const noexcept { return begin_ == end_; }
-    [[nodiscard]] const std::byte* data() const noexcept { return data_.get() + begin_; }
+    byte_buffer() noexcept = default;
+    byte_buffer(const byte_buffer&) = delete;
+    byte_buffer& operator=(const byte_buffer&) = delete;
+    ~byte_buffer() { ::operator delete(h_); }
+
+    [[nodiscard]] std::size_t size() const noexcept { return h_ ? h_->end - h_->begin : 0; }
+    [[nodiscard]] bool empty() const noexcept { return size() == 0; }
+    [[nodiscard]] const std::byte* data() const noexcept { return h_ ? bytes() + h_->begin : nullptr; }
     [[nodiscard]] std::string_view view() const noexcept {
         return {reinterpret_cast<const char*>(data()), size()};
     }
@@ -49,61 +57,73 @@ public:
     }
 
     void consume(std::size_t n) noexcept {
-        begin_ += n;
-        if (begin_ == end_) begin_ = end_ = 0;
+        if (n == 0) return;
+        h_->begin += n;
+        if (h_->begin == h_->end) h_->begin = h_->end = 0;
     }
-    void clear() noexcept { begin_ = end_ = 0; }
+    void clear() noexcept {
+        if (h_) h_->begin = h_->end = 0;
+    }
 
     /// Room for at least n more bytes at the back.
     std::span<std::byte> prepare(std::size_t n) {
-        if (cap_ - end_ < n) {
-            if (size() + n <= cap_ && begin_ > 0) {
-                std::memmove(data_.get(), data(), size());
+        const std::size_t cap = h_ ? h_->cap : 0;
+        const std::size_t sz = size();
+        if (!h_ || cap - h_->end < n) {
+            if (sz + n <= cap && h_->begin > 0) {
+                std::memmove(bytes(), data(), sz);
             } else {
-                std::size_t cap = std::max(cap_ * 2, size() + n);
-                auto bigger = std::make_unique_for_overwrite<std::byte[]>(cap);
-                if (!empty()) std::memcpy(bigger.get(), data(), size());
-                data_ = std::move(bigger);
-                cap_ = cap;
+                header* bigger = make(std::max(cap * 2, sz + n));
+                if (sz != 0) std::memcpy(reinterpret_cast<std::byte*>(bigger + 1), data(), sz);
+                ::operator delete(h_);
+                h_ = bigger;
             }
-            end_ = size();
-            begin_ = 0;
+            h_->end = sz;
+            h_->begin = 0;
         }
-        return {data_.get() + end_, cap_ - end_};
+        return {bytes() + h_->end, h_->cap - h_->end};
     }
-    void commit(std::size_t n) noexcept { end_ += n; }
+    void commit(std::size_t n) noexcept {
+        if (n != 0) h_->end += n;
+    }
 
     /// Inserts data in front of what is buffered.
     void prepend(std::span<const std::byte> data) {
         if (data.empty()) return;
-        if (begin_ >= data.size()) {
-            begin_ -= data.size();
-            std::memcpy(data_.get() + begin_, data.data(), data.size());
+        if (h_ && h_->begin >= data.size()) {
+            h_->begin -= data.size();
+            std::memcpy(bytes() + h_->begin, data.data(), data.size());
             return;
         }
-        std::size_t total = data.size() + size();
-        auto bigger = std::make_unique_for_overwrite<std::byte[]>(std::max(total, cap_));
-        std::memcpy(bigger.get(), data.data(), data.size());
-        if (!empty()) std::memcpy(bigger.get() + data.size(), this->data(), size());
-        cap_ = std::max(total, cap_);
-        data_ = std::move(bigger);
-        begin_ = 0;
-        end_ = total;
+        const std::size_t sz = size();
+        const std::size_t total = data.size() + sz;
+        header* bigger = make(std::max(total, h_ ? h_->cap : 0));
+        auto* to = reinterpret_cast<std::byte*>(bigger + 1);
+        std::memcpy(to, data.data(), data.size());
+        if (sz != 0) std::memcpy(to + data.size(), this->data(), sz);
+        ::operator delete(h_);
+        h_ = bigger;
+        h_->end = total;
     }
 
-    /// Frees the memory of an empty buffer that grew large.
-    void trim(std::size_t keep) noexcept {
-        if (empty() && cap_ > keep) {
-            data_.reset();
-            cap_ = begin_ = end_ = 0;
+    /// Gives the memory back if nothing is buffered (and it holds more than `keep` bytes).
+    void release_if_empty(std::size_t keep = 0) noexcept {
+        if (h_ && h_->begin == h_->end && h_->cap > keep) {
+            ::operator delete(h_);
+            h_ = nullptr;
         }
     }
 
 private:
-    std::unique_ptr<std::byte[]> data_;
-    std::size_t cap_ = 0;
-    std::size_t begin_ = 0;
-    std::size_t end_ = 0;
+    struct header {
+        std::size_t cap;
+        std::size_t begin;
+        std::size_t end;
+    };
+    static header* make(std::size_t cap) { return new (::operator new(sizeof(header) + cap)) header{cap, 0, 0}; }
+    [[nodiscard]] std::byte* bytes() const noexcept { return reinterpret_cast<std::byte*>(h_ + 1); }
+
+    header* h_ = nullptr;
 };
 
 // The receive and buffer-wait requests and the reader's wait are bases rather than members, so
@@ -271,9 +291,17 @@ private:
         io_request* direct_recv_;                 // without it, or with it while direct_
     };
     std::uint32_t recycled_mark_ = 0;  // the ring's recycled() when the receive was submitted
-    int recv_error_ = 0;
     std::uint32_t refs_ = 0;
-    int write_errno_ = 0;  // a send failed: every later write()/drain() throws it
+    std::uint16_t recv_error_ = 0;   // (an errno: 16 bits hold every one)
+    std::uint16_t write_errno_ = 0;  // a send failed: every later write()/drain() throws it
+    // The peer's address, recorded at creation (its length follows from the family). An IP
+    // address or an unnamed Unix peer fits here; any other goes to peer_big_. A whole endpoint
+    // would be 144 bytes in every connection, most of it unused.
+    union {
+        sockaddr sa;
+        sockaddr_in in;
+        sockaddr_in6 in6;
+    } peer_addr_{};
     loop_core* loop_;
 
     // Writes that gave the stream their buffer (write(std::string&&) and friends) and every
@@ -322,16 +350,8 @@ private:
 
     std::unique_ptr<event> closed_event_;  // made by the first wait_closed() before the close
 
-    // The peer's address, recorded at creation. An IP address (or an unnamed Unix peer) fits
-    // here; a named Unix peer goes to the heap. A whole endpoint would be 144 bytes in every
-    // connection, most of it unused.
-    union {
-        sockaddr sa;
-        sockaddr_in in;
-        sockaddr_in6 in6;
-    } peer_addr_{};
-    socklen_t peer_len_ = 0;  // 0: unknown
-    std::unique_ptr<endpoint> peer_big_;
+    std::unique_ptr<endpoint> peer_big_;  // a peer address that does not fit peer_addr_
+    [[nodiscard]] socklen_t peer_len() const noexcept;  // of peer_addr_ (0: unknown)
 };
 
 // What a read awaits on the buffer ring path. Not a coroutine, so a reader waiting on an idle
@@ -354,6 +374,7 @@ struct stream_state::arrival {
     bool await_suspend(std::coroutine_handle<> h) {
         suspension& w = st->reader_wait();
         if (!w.begin(h)) return false;
+        st->rbuf.release_if_empty();  // a connection waiting for data holds no memory for it
         st->pausing_ = false;  // (if that cancel did not end the receive, the next pause cancels again)
         if (!st->buffers_back().linked()) st->arm_recv();
         w.arm([](suspension* sp) noexcept {

@@ -265,7 +265,7 @@ void stream_state::on_sent(int res) noexcept {
         if (kind_ == send_kind::shutdown) {
             fin_ = fin::sent;  // ENOTCONN and friends: the peer is gone; reads will say so
         } else if (write_errno_ == 0) {
-            write_errno_ = res == -ECANCELED || res == -EINTR ? EPIPE : -res;
+            write_errno_ = static_cast<std::uint16_t>(res == -ECANCELED || res == -EINTR ? EPIPE : -res);
         }
     } else if (kind_ == send_kind::send || kind_ == send_kind::sendmsg) {
         // A send of a non-empty buffer that took nothing would be asked again forever.

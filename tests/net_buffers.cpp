@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <random>
 
 #include "helpers.hpp"
@@ -175,6 +176,47 @@ TEST_CASE("a connection whose writes have all gone keeps no write buffer") {
         CHECK(spare <= 8 * 1024 * 1024);
         CHECK(after - spare < before + conns * size / 4);
         idle_done.set();
+        for (auto& c : clients) co_await c.close();
+        srv.close();
+        co_await srv.wait_closed();
+    }());
+}
+
+TEST_CASE("a connection that read a long line keeps no read buffer while it waits for the next") {
+    // Each server connection reads one 192 KiB line (its stream's own buffer grows to hold it),
+    // then waits for the next line. Waiting, it must hold no read buffer: kept, 20 connections
+    // would hold 3.75 MiB or more.
+    constexpr std::size_t conns = 20;
+    constexpr std::size_t size = 192 * 1024;
+    run_bounded([]() -> ringio::task<> {
+        std::size_t lines = 0;
+        ringio::event all_read;
+        auto srv = co_await ringio::start_server(
+            [&](ringio::stream_reader r, ringio::stream_writer) -> ringio::task<> {
+                {
+                    std::string line = co_await r.read_line();
+                    CHECK(line.size() == size + 1);
+                }
+                if (++lines == conns) all_read.set();
+                (void)co_await r.read_line();  // waits: the client sends nothing more, then EOF
+            },
+            "127.0.0.1", 0, ringio::server_options{.limit = 2 * size});
+        std::string line = pattern(3, size);
+        std::replace(line.begin(), line.end(), '\n', ' ');
+        line += '\n';
+        std::size_t before = stress::heap_in_use();
+        // Plain sockets as clients: only the server holds memory for the connections.
+        std::vector<ringio::socket> clients;
+        for (std::size_t i = 0; i < conns; ++i) {
+            clients.push_back(ringio::socket::create(AF_INET, SOCK_STREAM));
+            co_await clients.back().connect(ringio::endpoint(ringio::ip_address::loopback_v4(), srv.port()));
+            co_await clients.back().send(std::as_bytes(std::span(line)));
+        }
+        CHECK(co_await test::eventually([&] { return all_read.is_set(); }, 10s));
+        std::size_t after = stress::heap_in_use();
+        CAPTURE(before);
+        CAPTURE(after);
+        CHECK(after < before + conns * size / 4);
         for (auto& c : clients) co_await c.close();
         srv.close();
         co_await srv.wait_closed();

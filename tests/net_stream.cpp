@@ -9,6 +9,7 @@
 #include <netinet/tcp.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -20,6 +21,7 @@
 #include <optional>
 #include <string>
 #include <system_error>
+#include <tuple>
 #include <vector>
 
 #include "helpers.hpp"
@@ -780,6 +782,58 @@ TEST_CASE("streams over a socketpair: the peer is an unnamed Unix address, also 
         CHECK(a.second.peername().is_unix());
         a.second.close();
         co_await a.second.wait_closed();
+    }());
+    CHECK(test::open_fds() == fds);
+}
+
+// A stream records its peer's address when it is made (a short one in the stream state, a long
+// one on the heap), so that peername() and error messages still name it after a reset.
+TEST_CASE("peername() is recorded for every kind of peer: IPv4, IPv6, unnamed, abstract and named Unix, also after a reset") {
+    std::size_t fds = test::open_fds();
+    run_bounded([]() -> ringio::task<> {
+        // A connected pair whose client is bound to `client` (nothing: the kernel picks).
+        auto pair = [](const ringio::endpoint& server, std::optional<ringio::endpoint> client) {
+            ringio::socket l = ringio::socket::create(server.family(), SOCK_STREAM);
+            l.bind(server);
+            l.listen(1);
+            ringio::socket c = ringio::socket::create(server.family(), SOCK_STREAM);
+            if (client) c.bind(*client);
+            ringio::endpoint at = l.local_endpoint();
+            REQUIRE(::connect(c.fd(), at.data(), at.size()) == 0);  // (completes in the backlog)
+            int a = ::accept4(l.fd(), nullptr, nullptr, SOCK_CLOEXEC);
+            REQUIRE(a >= 0);
+            ringio::endpoint client_at = c.local_endpoint();
+            return std::make_tuple(ringio::make_streams(ringio::socket(a)), ringio::make_streams(std::move(c)), client_at);
+        };
+        char tmpl[] = "/tmp/ringio-peer-XXXXXX";
+        REQUIRE(::mkdtemp(tmpl) != nullptr);
+        const std::string dir = tmpl;
+        std::vector<std::pair<ringio::endpoint, std::optional<ringio::endpoint>>> cases = {
+            {*ringio::endpoint::parse("127.0.0.1:0"), std::nullopt},
+            {*ringio::endpoint::parse("[::1]:0"), std::nullopt},
+            {ringio::endpoint::unix_path(dir + "/s1"), std::nullopt},                               // unnamed peer
+            {ringio::endpoint::unix_path(dir + "/s2"), ringio::endpoint::unix_path("@ringio-p" + std::to_string(::getpid()))},  // abstract
+            {ringio::endpoint::unix_path(dir + "/s3"), ringio::endpoint::unix_path(dir + "/client")},  // named
+        };
+        for (const auto& c : cases) {  // (no structured bindings: GCC 12 in coroutines)
+            const ringio::endpoint& server = c.first;
+            const std::optional<ringio::endpoint>& client = c.second;
+            auto made = pair(server, client);
+            auto& accepted = std::get<0>(made);
+            auto& connecting = std::get<1>(made);
+            const ringio::endpoint& client_at = std::get<2>(made);
+            INFO("server at ", server.to_string(), ", client at ", client_at.to_string());
+            CHECK(accepted.second.peername() == client_at);
+            CHECK(accepted.second.peername().to_string() == client_at.to_string());
+            if (client) CHECK(accepted.second.peername() == *client);
+            connecting.second.abort();
+            co_await connecting.second.wait_closed();
+            CHECK(accepted.second.peername() == client_at);  // recorded, not asked again
+            accepted.second.close();
+            co_await accepted.second.wait_closed();
+        }
+        for (const char* f : {"/s1", "/s2", "/s3", "/client"}) ::unlink((dir + f).c_str());
+        ::rmdir(dir.c_str());
     }());
     CHECK(test::open_fds() == fds);
 }
