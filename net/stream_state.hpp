@@ -70,7 +70,7 @@ public:
         const std::size_t cap = h_ ? h_->cap : 0;
         const std::size_t sz = size();
         if (!h_ || cap - h_->end < n) {
-            if (sz + n <= cap && h_->begin > 0) {
+            if (h_ && sz + n <= cap && h_->begin > 0) {
                 std::memmove(bytes(), data(), sz);
             } else {
                 header* bigger = make(std::max(cap * 2, sz + n));

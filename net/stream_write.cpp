@@ -287,7 +287,14 @@ void stream_state::on_sent(int res) noexcept {
     if (w.send_off == w.sending.size()) {
         w.sending.clear();
         w.send_off = 0;
-        if (!w.pending.empty() && w.sending.capacity() > keep_capacity) w.sending.shrink_to_fit();
+        if (w.pending.empty()) {
+            // Everything copied has gone (adopted buffers or a FIN may follow): the buffers need
+            // not wait for the write side's end.
+            spare_write_buffers.put(w.sending);
+            spare_write_buffers.put(w.pending);
+        } else if (w.sending.capacity() > keep_capacity) {
+            w.sending.shrink_to_fit();
+        }
     }
     bool more = write_errno_ == 0 && !aborted_ &&
                 (w.send_off < w.sending.size() || !w.pending.empty() || w.adopted || fin_ == fin::requested);
@@ -338,6 +345,7 @@ task<> stream_state::drain() {
 
 void stream_state::write_eof() {
     if (phase_ != phase::open || fin_ != fin::none) return;
+    (void)out();  // (may throw: before anything changed)
     fin_ = fin::requested;
     queue_send();
 }

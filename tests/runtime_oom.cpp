@@ -152,6 +152,32 @@ TEST_CASE("start_server: a handler whose Task cannot be made fails that connecti
     failures = 0;
 }
 
+TEST_CASE("write() and write_eof() without memory for the stream's write side: bad_alloc, and the stream works after") {
+    if (!frames_from_operator_new) {
+        MESSAGE("SKIPPED: the frame cache serves write sides (it is off only under AddressSanitizer)");
+        return;
+    }
+    std::size_t fds = test::open_fds();
+    test::run_bounded([]() -> ringio::task<> {
+        auto [a, b] = co_await test::tcp_pair();
+        fail_after = 0;  // the write side, made at the first write
+        CHECK_THROWS_AS(a.w.write("lost"), std::bad_alloc);
+        CHECK(a.w.buffered() == 0);
+        fail_after = 0;
+        CHECK_THROWS_AS(a.w.write_eof(), std::bad_alloc);
+        fail_after = -1;
+        CHECK(failures == 2);
+        // Nothing half done: the write goes, then the FIN (a write_eof() that had recorded the
+        // FIN before failing would make this one a no-op, and the peer would wait forever).
+        a.w.write("kept");
+        a.w.write_eof();
+        CHECK(co_await test::read_to_eof(b.r) == "kept");
+        co_await test::close_both(a, b);
+    }());
+    CHECK(test::open_fds() == fds);
+    failures = 0;
+}
+
 TEST_CASE("waking many tasks from a completion allocates nothing: no std::terminate under memory pressure") {
     // 600 sleepers armed 200 at a time (the ready queue never held more than that at once), all
     // due at the same moment: the timer pass wakes all 600 from a noexcept path. An allocation
