@@ -17,8 +17,11 @@ namespace {
 // Size classes of 16 bytes (malloc's own granule) up to 2 KiB cover the frames of ordinary
 // coroutines; bigger frames go straight to operator new. Finer classes cost nothing on the hot
 // path and save what rounding up wastes in every frame a waiting connection keeps alive (with
-// 64-byte classes, about 150 bytes per idle echo_server connection). Each class keeps at most
-// max_cached blocks so that a burst of a million tasks does not pin its memory forever.
+// 64-byte classes, about 150 bytes per idle echo_server connection). A class's blocks are 8
+// bytes short of a multiple of 16, because glibc's malloc adds an 8-byte header and rounds the
+// sum up to 16: a 56-byte Task state then takes a 64-byte chunk, where a 64-byte block took 80.
+// Each class keeps at most max_cached blocks so that a burst of a million tasks does not pin its
+// memory forever.
 constexpr std::size_t granule = 16;
 constexpr std::size_t classes = 128;
 constexpr std::size_t max_cached = 4096;
@@ -53,7 +56,11 @@ thread_local cache tls_cache;
 // constant-initialized thread_local: one increment or decrement, no TLS guard.
 thread_local std::size_t tls_live = 0;
 
-constexpr std::size_t class_of(std::size_t n) noexcept { return (n + granule - 1) / granule - 1; }
+constexpr std::size_t header = 8;  // malloc's, per chunk
+// Class c holds blocks of block_size(c) bytes: the largest that fit a malloc chunk of (c+1)*16.
+constexpr std::size_t class_of(std::size_t n) noexcept { return (n + header + granule - 1) / granule - 1; }
+constexpr std::size_t block_size(std::size_t c) noexcept { return (c + 1) * granule - header; }
+static_assert(block_size(class_of(56)) == 56 && block_size(class_of(57)) == 72 && class_of(1) == 0);
 
 }  // namespace
 
@@ -71,7 +78,7 @@ void* frame_alloc(std::size_t n) {
         --k.counts[c];
         p = b;
     } else {
-        p = ::operator new((c + 1) * granule);
+        p = ::operator new(block_size(c));
     }
 #endif
     ++tls_live;  // after the allocation, which may throw

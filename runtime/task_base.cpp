@@ -62,7 +62,10 @@ void task_base::finish() noexcept {
     cancel_requested_ = false;
     intrusive_list<task_base>::erase(this);
     loop_core::current()->task_finished();
-    while (done_waiter* w = waiters_.pop_front()) w->notify(w, this);
+    while (done_waiter* w = first_waiter_) {
+        remove_done_waiter(w);
+        w->notify(w, this);
+    }
     release();  // the loop's reference
 }
 
@@ -75,4 +78,4 @@ void task_base::finish_unstarted() noexcept {
 }  // namespace ringio::detail
 
 // Every connection's Task keeps one of these for its whole life (bench/README.md, idle memory).
-static_assert(sizeof(void*) != 8 || sizeof(ringio::detail::task_base) <= 64, "task_base grew past 64 bytes");
+static_assert(sizeof(void*) != 8 || sizeof(ringio::detail::task_base) <= 56, "task_base grew past 56 bytes (a 64-byte malloc chunk)");

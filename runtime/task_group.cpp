@@ -34,7 +34,7 @@ task_group::~task_group() {
     // cancellation (the owner cancelled outside wait(), run() shutting down).
     running_list_.for_each([](group_link* l) {
         child* c = child_of<child>(l);
-        detail::task_base::remove_done_waiter(c);
+        c->task->remove_done_waiter(c);
         c->task->cancel();
         c->task->release();
         delete c;

@@ -24,7 +24,16 @@
 #define RINGIO_STRESS_ASAN 1
 #endif
 #endif
-#ifdef RINGIO_STRESS_ASAN
+// ThreadSanitizer replaces malloc too (mallinfo2 then reports nothing): the heap is counted
+// through the sanitizer's allocator, as under AddressSanitizer.
+#if defined(RINGIO_STRESS_ASAN) || defined(__SANITIZE_THREAD__)
+#define RINGIO_STRESS_SANITIZER_HEAP 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define RINGIO_STRESS_SANITIZER_HEAP 1
+#endif
+#endif
+#ifdef RINGIO_STRESS_SANITIZER_HEAP
 // From <sanitizer/allocator_interface.h>, which not every distribution installs with g++.
 extern "C" std::size_t __sanitizer_get_current_allocated_bytes(void);
 #endif
@@ -66,7 +75,7 @@ inline std::size_t raise_fd_limit() {
 /// Bytes of heap in use (malloc'ed and not freed, mmapped blocks included), or under ASan (whose
 /// allocator replaces malloc) the sanitizer's count.
 inline std::size_t heap_in_use() {
-#ifdef RINGIO_STRESS_ASAN
+#ifdef RINGIO_STRESS_SANITIZER_HEAP
     return __sanitizer_get_current_allocated_bytes();
 #else
     struct mallinfo2 m = mallinfo2();
@@ -76,7 +85,7 @@ inline std::size_t heap_in_use() {
 
 /// Returns free heap memory to the system where it can (so RSS figures mean something).
 inline void trim_heap() {
-#ifndef RINGIO_STRESS_ASAN
+#ifndef RINGIO_STRESS_SANITIZER_HEAP
     ::malloc_trim(0);
 #endif
 }

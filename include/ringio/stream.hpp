@@ -11,6 +11,7 @@
 #include <chrono>
 #include <coroutine>
 #include <cstddef>
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -122,7 +123,7 @@ private:
 class [[nodiscard]] stream_reader::read_op {
 public:
     read_op(read_op&& o) noexcept
-        : s_(std::exchange(o.s_, nullptr)), n_(o.n_), slow_(std::move(o.slow_)), step_(std::exchange(o.step_, step::fresh)) {}
+        : s_(std::exchange(o.s_, nullptr)), slow_(std::move(o.slow_)), n_(o.n_), step_(std::exchange(o.step_, step::fresh)) {}
     read_op& operator=(read_op&&) = delete;
     ~read_op();
 
@@ -135,14 +136,18 @@ public:
 
 private:
     friend class stream_reader;
-    read_op(detail::stream_state* s, std::size_t n, task<std::string> slow) noexcept : s_(s), n_(n), slow_(std::move(slow)) {}
+    read_op(detail::stream_state* s, std::size_t n, task<std::string> slow) noexcept
+        : s_(s), slow_(std::move(slow)), n_(static_cast<std::uint32_t>(std::min<std::size_t>(n, max_n))) {}
 
     static task<std::string> run(read_op op) { co_return co_await op; }
 
     enum class step : std::uint8_t { fresh, buffered, waiting, nothing };  // (after await_ready)
+    // 24 bytes in the reading coroutine's frame: a read returns at most what has arrived, so
+    // taking at most 4 GiB - 1 in one call changes nothing a caller can rely on.
+    static constexpr std::size_t max_n = 0xffffffff;
     detail::stream_state* s_;
-    std::size_t n_;
     task<std::string> slow_;  // valid: the read is this task
+    std::uint32_t n_;
     step step_ = step::fresh;
 };
 

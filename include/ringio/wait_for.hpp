@@ -165,7 +165,7 @@ public:
         target_->add_done_waiter(this);
         arm([](suspension* sp) noexcept {
             auto* a = static_cast<shield_awaiter*>(sp);
-            task_base::remove_done_waiter(a);
+            a->target_->remove_done_waiter(a);
             a->wake(true);
         });
         return true;
