@@ -93,8 +93,7 @@ stream_state::write_side& stream_state::out() {
 }
 
 void stream_state::drop_write_side() noexcept {
-    write_side* w = ws_;
-    if (!w || send_queued_ || w->drainer || w->adopted || !w->pending.empty() || w->send_off < w->sending.size()) return;
+    if (!ws_ || send_queued_ || ws_->drainer || write_buffered() != 0) return;
     free_write_side();
 }
 
